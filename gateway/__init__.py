@@ -1,0 +1,16 @@
+"""quartgate: an async API gateway on Quart, Hypercorn and pooled upstream connections."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_app"]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy, so that ``import gateway.config`` does not import Quart.
+    if name == "create_app":
+        from gateway.app import create_app
+
+        return create_app
+    raise AttributeError(name)

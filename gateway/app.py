@@ -1,0 +1,74 @@
+"""The app factory: ``create_app(config)`` builds everything; nothing is global."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from quart import Blueprint, Quart, Response
+from werkzeug.exceptions import HTTPException
+
+from gateway.config import ConfigError, GatewayConfig, Problem
+from gateway.errors import error_body
+from gateway.proxy import Proxy
+from gateway.state import APP_MOUNT, build_state
+
+
+def create_app(config: GatewayConfig) -> Quart:
+    """A Quart app whose proxied routes are served by the :class:`Proxy` layer in front."""
+    app = Quart("quartgate")
+    # Quart's defaults would cap a proxy silently (PITFALLS.md): the gateway sets its own.
+    app.config.update(
+        MAX_CONTENT_LENGTH=None,
+        BODY_TIMEOUT=None,
+        RESPONSE_TIMEOUT=None,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    for name, spec in config.app_upstreams.items():
+        blueprint = _import_blueprint(spec.app, config.source, f"upstreams.{name}.app")
+        app.register_blueprint(blueprint, url_prefix=APP_MOUNT + name, name=f"upstream_{name}")
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        from quart import request
+
+        request_id = request.headers.get("x-request-id", "")
+        code = (error.name or "error").lower().replace(" ", "_")
+        body = error_body(code, error.description or "", request_id)
+        response = Response(body, status=error.code or 500, content_type="application/json")
+        if error.code == 405:
+            allow = error.get_headers().__iter__()
+            for name, value in allow:
+                if name.lower() == "allow":
+                    response.headers["Allow"] = value
+        return response
+
+    state = build_state(config)
+    proxy = Proxy(app.asgi_app, state)
+    app.asgi_app = proxy  # type: ignore[method-assign]
+    app.extensions["quartgate"] = proxy
+
+    @app.after_serving
+    async def close_upstreams() -> None:
+        await proxy.state.aclose()
+
+    return app
+
+
+def _import_blueprint(path: str, file: str, key: str) -> Blueprint:
+    module_name, _, attribute = path.partition(":")
+    folder = str(Path(file).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # modules beside the config file, as Hypercorn does for cwd
+    try:
+        module = importlib.import_module(module_name)
+        obj: Any = getattr(module, attribute)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError([Problem(file, key, f"cannot import {path!r}: {error}")]) from None
+    if callable(obj) and not isinstance(obj, Blueprint):
+        obj = obj()
+    if not isinstance(obj, Blueprint):
+        raise ConfigError([Problem(file, key, f"{path!r} is not a Quart Blueprint")])
+    return obj

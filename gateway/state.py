@@ -1,0 +1,62 @@
+"""Everything a request needs, built once from a config: the snapshot a reload swaps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import GatewayConfig
+from gateway.headers import TrustedProxies
+from routes.matching import RouteTable
+from routes.model import Route
+from upstreams.upstream import Upstream
+
+APP_MOUNT = "/_quartgate/upstreams/"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRuntime:
+    """A route joined to what serves it: an :class:`Upstream`, or an in-process app mount."""
+
+    route: Route
+    upstream: Upstream | None
+    strip_prefix: bool
+    preserve_host: bool
+    mount: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    config: GatewayConfig
+    table: RouteTable
+    runtimes: dict[str, RouteRuntime]
+    upstreams: dict[str, Upstream]
+    request_id_header: bytes
+    trusted: TrustedProxies
+    max_body_size: int
+
+    async def aclose(self) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
+
+
+def build_state(config: GatewayConfig) -> GatewayState:
+    upstreams = {name: Upstream(spec) for name, spec in config.upstreams.items()}
+    table = RouteTable(config.routes)
+    runtimes: dict[str, RouteRuntime] = {}
+    for route in table.routes:
+        spec = route.spec
+        upstream = upstreams.get(spec.upstream)
+        mount = "" if upstream is not None else APP_MOUNT + spec.upstream
+        runtimes[route.name] = RouteRuntime(
+            route, upstream, spec.strip_prefix, spec.preserve_host, mount
+        )
+    settings = config.gateway
+    return GatewayState(
+        config,
+        table,
+        runtimes,
+        upstreams,
+        settings.request_id_header.encode("ascii"),
+        TrustedProxies(settings.trusted_proxies),
+        settings.max_body_size,
+    )

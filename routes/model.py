@@ -1,0 +1,124 @@
+"""A route as configured (:class:`RouteSpec`) and as compiled for matching (:class:`Route`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ALL_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One ``[[routes]]`` entry. ``path`` is a prefix on segment boundaries; a ``{name}``
+    segment matches exactly one non-empty segment."""
+
+    name: str
+    path: str
+    upstream: str
+    methods: frozenset[str] | None = None
+    host: str | None = None
+    strip_prefix: bool = False
+    preserve_host: bool = False
+    #: Extra per-route settings read by the gateway's policies; opaque to routing.
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def validate_path(path: str) -> str | None:
+    """The reason ``path`` is not a valid route path, or None."""
+    if not path.startswith("/"):
+        return "must start with '/'"
+    if "//" in path or "?" in path or "#" in path:
+        return "must not contain '//', '?' or '#'"
+    for segment in path.strip("/").split("/"):
+        if "{" in segment or "}" in segment:
+            if not _PARAM.fullmatch(segment):
+                return f"segment {segment!r}: a template segment must be exactly '{{name}}'"
+        elif segment in (".", ".."):
+            return "must not contain '.' or '..' segments"
+    names = _PARAM.findall(path)
+    if len(names) != len(set(names)):
+        return "repeats a template parameter"
+    return None
+
+
+class Route:
+    """A route compiled once at startup; matching does no parsing of the config."""
+
+    __slots__ = (
+        "_literal",
+        "_literal_slash",
+        "_regex",
+        "host",
+        "host_suffix",
+        "methods",
+        "name",
+        "params",
+        "segments",
+        "sort_key",
+        "spec",
+    )
+
+    def __init__(self, spec: RouteSpec, order: int) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.methods = spec.methods
+        path = spec.path.rstrip("/") or "/"
+        host = spec.host.lower() if spec.host else None
+        self.host_suffix: str | None = None
+        if host and host.startswith("*."):
+            self.host_suffix = host[1:]
+            host = None
+        self.host = host
+        self.segments = 0 if path == "/" else path.count("/")
+        self.params = tuple(_PARAM.findall(path))
+        if self.params:
+            parts = []
+            for segment in path.strip("/").split("/"):
+                param = _PARAM.fullmatch(segment)
+                parts.append(f"(?P<{param.group(1)}>[^/]+)" if param else re.escape(segment))
+            pattern = "^/" + "/".join(parts) + "(?=/|$)"
+            self._regex: re.Pattern[str] | None = re.compile(pattern)
+            self._literal = ""
+            self._literal_slash = ""
+            literal_len = len(_PARAM.sub("", path))
+        else:
+            self._regex = None
+            self._literal = path
+            self._literal_slash = "/" if path == "/" else path + "/"
+            literal_len = len(path)
+        host_rank = 0 if self.host else (1 if self.host_suffix else 2)
+        self.sort_key = (host_rank, -literal_len, bool(self.params), order)
+
+    def match_host(self, host: str) -> bool:
+        if self.host is not None:
+            return host == self.host
+        if self.host_suffix is not None:
+            return host.endswith(self.host_suffix)
+        return True
+
+    def match_path(self, path: str) -> dict[str, str] | None:
+        """Path parameters (empty for a literal route) when ``path`` is under this route."""
+        regex = self._regex
+        if regex is None:
+            if path.startswith(self._literal_slash) or path == self._literal:
+                return _NO_PARAMS
+            return None
+        found = regex.match(path)
+        return found.groupdict() if found else None
+
+    def rewrite(self, raw_path: bytes) -> bytes:
+        """The raw path with this route's prefix removed (``strip_prefix``)."""
+        index = 0
+        for _ in range(self.segments):
+            index = raw_path.find(b"/", index + 1)
+            if index < 0:
+                return b"/"
+        return raw_path[index:] or b"/"
+
+
+_NO_PARAMS: dict[str, str] = {}

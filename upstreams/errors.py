@@ -1,0 +1,34 @@
+"""The ways sending to an upstream can fail.
+
+They carry no HTTP status: mapping a failure to a status is the gateway's decision
+(``gateway/errors.py``), made in one place.
+"""
+
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    """Base of every failure to get a (complete) response from an upstream."""
+
+    #: True when no byte of a response was received, so the request may be replayed.
+    before_response: bool = True
+
+
+class UpstreamConnectError(UpstreamError):
+    """The target refused the connection or could not be reached."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """Connect, write or read did not finish within its configured timeout."""
+
+    def __init__(self, message: str, *, phase: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream reset the connection or sent something that is not valid HTTP/1.1."""
+
+
+class PoolExhausted(UpstreamError):
+    """No pooled connection became free within ``pool_timeout``."""
