@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from quart import Blueprint, Quart, Response
 from werkzeug.exceptions import HTTPException
 
+from gateway.asgi_types import ASGIApp
 from gateway.config import ConfigError, GatewayConfig, Problem
 from gateway.errors import error_body
 from gateway.proxy import Proxy
@@ -46,8 +47,8 @@ def create_app(config: GatewayConfig) -> Quart:
         return response
 
     state = build_state(config)
-    proxy = Proxy(app.asgi_app, state)
-    app.asgi_app = proxy  # type: ignore[method-assign]
+    proxy = Proxy(cast(ASGIApp, app.asgi_app), state)
+    app.asgi_app = proxy  # type: ignore[method-assign,assignment]
     app.extensions["quartgate"] = proxy
 
     @app.after_serving

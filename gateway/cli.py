@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(route_table(config))
     if args.command == "check":
-        print(f"{args.config}: OK ({len(config.routes)} routes, "
-              f"{len(config.upstreams) + len(config.app_upstreams)} upstreams)")
+        print(
+            f"{args.config}: OK ({len(config.routes)} routes, "
+            f"{len(config.upstreams) + len(config.app_upstreams)} upstreams)"
+        )
     return 0
 
 
@@ -57,14 +59,16 @@ def route_table(config: GatewayConfig) -> str:
             if targets
             else f"{spec.upstream} (in-process app)"
         )
-        rows.append((
-            spec.name,
-            spec.host or "*",
-            spec.path,
-            ",".join(sorted(spec.methods)) if spec.methods else "*",
-            where,
-            "strip_prefix" if spec.strip_prefix else "-",
-        ))
+        rows.append(
+            (
+                spec.name,
+                spec.host or "*",
+                spec.path,
+                ",".join(sorted(spec.methods)) if spec.methods else "*",
+                where,
+                "strip_prefix" if spec.strip_prefix else "-",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

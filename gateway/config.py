@@ -102,10 +102,7 @@ class _Reader:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, bool) and bool not in kinds:
-            ok = False
-        else:
-            ok = isinstance(value, kinds)
+        ok = False if isinstance(value, bool) and bool not in kinds else isinstance(value, kinds)
         if not ok:
             self.problem(key, f"must be {_names(kinds)}, not {_kind(value)}")
             return default
@@ -114,7 +111,7 @@ class _Reader:
             if reason:
                 self.problem(key, reason)
                 return default
-        return value  # type: ignore[return-value]
+        return value  # type: ignore[no-any-return]
 
     def leftovers(self, table: dict[str, Any], prefix: str) -> None:
         for name in table:
@@ -206,15 +203,17 @@ def _upstreams(
             connect_timeout=reader.take(
                 entry, prefix, "connect_timeout", float, d.connect_timeout, _positive
             ),
-            read_timeout=reader.take(entry, prefix, "read_timeout", float, d.read_timeout, _positive),
+            read_timeout=reader.take(
+                entry, prefix, "read_timeout", float, d.read_timeout, _positive
+            ),
             write_timeout=reader.take(
                 entry, prefix, "write_timeout", float, d.write_timeout, _positive
             ),
-            pool_timeout=reader.take(entry, prefix, "pool_timeout", float, d.pool_timeout, _positive),
-            http2=reader.take(entry, prefix, "http2", bool, d.http2),
-            balancer=reader.take(
-                entry, prefix, "balancer", str, d.balancer, _one_of(BALANCERS)
+            pool_timeout=reader.take(
+                entry, prefix, "pool_timeout", float, d.pool_timeout, _positive
             ),
+            http2=reader.take(entry, prefix, "http2", bool, d.http2),
+            balancer=reader.take(entry, prefix, "balancer", str, d.balancer, _one_of(BALANCERS)),
         )
         reader.leftovers(entry, prefix)
         upstreams[name] = spec
@@ -309,7 +308,9 @@ def _routes(reader: _Reader, raw: Any, upstream_names: set[str]) -> tuple[RouteS
             if "GET" in methods:
                 methods |= {"HEAD"}  # as Flask, Quart and nginx: HEAD follows GET
         if name in seen_names:
-            reader.problem(f"{prefix}.name", f"duplicate route name (also routes[{seen_names[name]}])")
+            reader.problem(
+                f"{prefix}.name", f"duplicate route name (also routes[{seen_names[name]}])"
+            )
         seen_names.setdefault(name, index)
         identity = (host.lower() if host else None, path.rstrip("/") or "/", methods)
         if path and identity in seen_keys:
@@ -355,8 +356,12 @@ def _import_path(value: str) -> str | None:
 
 def _kind(value: Any) -> str:
     return {
-        bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-        list: "an array", dict: "a table",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
     }.get(type(value), type(value).__name__)
 
 

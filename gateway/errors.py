@@ -42,8 +42,9 @@ class ClientDisconnected(Exception):
 def from_upstream(error: UpstreamError, upstream: str) -> GatewayError:
     """Map an upstream failure to the status Envoy and nginx would answer with."""
     if isinstance(error, PoolExhausted):
-        return GatewayError(503, "upstream_busy", f"upstream {upstream!r}: {error}",
-                            [(b"retry-after", b"1")])
+        return GatewayError(
+            503, "upstream_busy", f"upstream {upstream!r}: {error}", [(b"retry-after", b"1")]
+        )
     if isinstance(error, UpstreamTimeout):
         return GatewayError(504, "upstream_timeout", f"upstream {upstream!r}: {error}")
     if isinstance(error, UpstreamConnectError):

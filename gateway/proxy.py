@@ -99,15 +99,32 @@ class Proxy:
             )
         except GatewayError as error:
             if error.status >= 500:
-                log.warning("%s %s -> %d %s: %s", scope["method"], scope["path"], error.status,
-                            error.code, error.detail, extra={"request_id": rid})
+                log.warning(
+                    "%s %s -> %d %s: %s",
+                    scope["method"],
+                    scope["path"],
+                    error.status,
+                    error.code,
+                    error.detail,
+                    extra={"request_id": rid},
+                )
             else:
-                log.info("%s %s -> %d %s", scope["method"], scope["path"], error.status,
-                         error.code, extra={"request_id": rid})
+                log.info(
+                    "%s %s -> %d %s",
+                    scope["method"],
+                    scope["path"],
+                    error.status,
+                    error.code,
+                    extra={"request_id": rid},
+                )
             await send_error(send, error, rid)
         except ClientDisconnected:
-            log.info("%s %s: client disconnected", scope["method"], scope["path"],
-                     extra={"request_id": rid})
+            log.info(
+                "%s %s: client disconnected",
+                scope["method"],
+                scope["path"],
+                extra={"request_id": rid},
+            )
 
     async def _forward(
         self,
@@ -126,9 +143,7 @@ class Proxy:
         # -- headers ---------------------------------------------------------------------
         drop = REQUEST_DROP | connection_tokens(connection) if connection else REQUEST_DROP
         request_id_header = state.request_id_header
-        headers = [
-            (n, v) for n, v in scope["headers"] if n not in drop and n != request_id_header
-        ]
+        headers = [(n, v) for n, v in scope["headers"] if n not in drop and n != request_id_header]
         client = scope.get("client")
         peer = client[0] if client else ""
         forwarded_for = peer.encode("ascii")
@@ -149,9 +164,9 @@ class Proxy:
         )
         if forwarded_host:
             headers.append((b"x-forwarded-host", forwarded_host))
-        target = runtime.route.rewrite(scope["raw_path"]) if runtime.strip_prefix else scope[
-            "raw_path"
-        ]
+        target = (
+            runtime.route.rewrite(scope["raw_path"]) if runtime.strip_prefix else scope["raw_path"]
+        )
         query = scope["query_string"]
         if query:
             target = target + b"?" + query
@@ -159,8 +174,9 @@ class Proxy:
         max_body = state.max_body_size
         declared = int(content_length) if content_length is not None else None
         if max_body and declared is not None and declared > max_body:
-            raise GatewayError(413, "payload_too_large",
-                               f"request body of {declared} bytes exceeds {max_body}")
+            raise GatewayError(
+                413, "payload_too_large", f"request body of {declared} bytes exceeds {max_body}"
+            )
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
@@ -205,7 +221,11 @@ class Proxy:
             watch.stop()
 
     async def _respond(
-        self, response: UpstreamResponse, send: Send, request_id: bytes, upstream: str,
+        self,
+        response: UpstreamResponse,
+        send: Send,
+        request_id: bytes,
+        upstream: str,
         scope: Scope,
     ) -> None:
         headers = filter_response_headers(response.headers)
@@ -216,23 +236,33 @@ class Proxy:
             return
         try:
             if response.first:
-                await send({"type": "http.response.body", "body": response.first,
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": response.first, "more_body": True}
+                )
             async for chunk in response.body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as error:
             # The head is gone already: end the connection without finishing the body, so the
             # client sees a truncated message, never one that looks complete.
-            log.warning("%s %s: upstream %r failed mid-body: %s; aborting client connection",
-                        scope["method"], scope["path"], upstream, error,
-                        extra={"request_id": request_id.decode("ascii")})
+            log.warning(
+                "%s %s: upstream %r failed mid-body: %s; aborting client connection",
+                scope["method"],
+                scope["path"],
+                upstream,
+                error,
+                extra={"request_id": request_id.decode("ascii")},
+            )
             return
         finally:
             await response.aclose()
         await send({"type": "http.response.body", "body": b""})
 
     async def _to_app(
-        self, runtime: RouteRuntime, scope: Scope, receive: Receive, send: Send,
+        self,
+        runtime: RouteRuntime,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
         request_id: bytes,
     ) -> None:
         """Dispatch to an in-process blueprint mounted under its internal prefix."""

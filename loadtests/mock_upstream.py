@@ -20,15 +20,21 @@ import os
 import signal
 from typing import cast
 
-JSON_BODY = (b'{"id": 7, "name": "quartgate demo", "ok": true, "items": [1, 2, 3], '
-             b'"pad": "xxxxxxxxxxxxxxxxxxxxxx"}')
+JSON_BODY = (
+    b'{"id": 7, "name": "quartgate demo", "ok": true, "items": [1, 2, 3], '
+    b'"pad": "xxxxxxxxxxxxxxxxxxxxxx"}'
+)
 assert len(JSON_BODY) == 100, len(JSON_BODY)
 PIECE = b"x" * 65536
 
 
 def _response(status: bytes, body: bytes, content_type: bytes = b"application/json") -> bytes:
     return b"HTTP/1.1 %b\r\ncontent-type: %b\r\ncontent-length: %d\r\n\r\n%b" % (
-        status, content_type, len(body), body)
+        status,
+        content_type,
+        len(body),
+        body,
+    )
 
 
 JSON_RESPONSE = _response(b"200 OK", JSON_BODY)
@@ -83,8 +89,9 @@ class MockUpstream(asyncio.Protocol):
             self.pending = (method, target, headers)
             self.body_needed = length
 
-    def _answer(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-                body: bytes) -> None:
+    def _answer(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
         assert self.transport is not None
         path = target.split(b"?", 1)[0]
         if path.endswith(b"/echo"):
@@ -92,12 +99,15 @@ class MockUpstream(asyncio.Protocol):
         elif b"/bytes/" in path:
             size = int(path.rsplit(b"/", 1)[1])
             self.streaming = True
-            asyncio.ensure_future(self._stream(size))
+            self.stream_task = asyncio.ensure_future(self._stream(size))
         elif path.endswith(b"/headers"):
-            payload = json.dumps({
-                "method": method.decode(), "target": target.decode("latin-1"),
-                "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers],
-            }).encode()
+            payload = json.dumps(
+                {
+                    "method": method.decode(),
+                    "target": target.decode("latin-1"),
+                    "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers],
+                }
+            ).encode()
             self.transport.write(_response(b"200 OK", payload))
         else:
             self.transport.write(JSON_RESPONSE)
@@ -105,8 +115,10 @@ class MockUpstream(asyncio.Protocol):
     async def _stream(self, size: int) -> None:
         transport = self.transport
         assert transport is not None
-        transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
-                        b"content-length: %d\r\n\r\n" % size)
+        transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+            b"content-length: %d\r\n\r\n" % size
+        )
         while size > 0 and not transport.is_closing():
             piece = PIECE if size >= len(PIECE) else PIECE[:size]
             transport.write(piece)

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
-class Balancer(Protocol[T]):
-    def pick(self) -> T: ...
+class Balancer(Protocol[T_co]):
+    def pick(self) -> T_co: ...
 
 
 class RoundRobin(Generic[T]):
@@ -24,7 +25,10 @@ class RoundRobin(Generic[T]):
 
 
 class SmoothWeighted(Generic[T]):
-    """Nginx's smooth weighted round robin: weights 5,1,1 give a,a,b,a,c,a,a, not a×5 then b, c."""
+    """Nginx's smooth weighted round robin.
+
+    Weights 5,1,1 give a,a,b,a,c,a,a: spread out, not five a's then b, c.
+    """
 
     def __init__(self, items: Sequence[T], weights: Sequence[int]) -> None:
         self._items = list(items)

@@ -111,7 +111,9 @@ class _ResponseBody:
         await self._response.aclose()
 
 
-def _translate(error: httpx.HTTPError, target: TargetSpec, *, before_response: bool) -> UpstreamError:
+def _translate(
+    error: httpx.HTTPError, target: TargetSpec, *, before_response: bool
+) -> UpstreamError:
     result: UpstreamError
     if isinstance(error, httpx.PoolTimeout):
         result = PoolExhausted(f"no free connection to {target.url} within pool_timeout")

@@ -157,10 +157,10 @@ class ConnectionPool:
         if self._total < self._max:
             self._total += 1
             return await self._open(), False
-        conn = await self._wait_for_connection()
-        if conn is None:
+        handed = await self._wait_for_connection()
+        if handed is None:
             return await self._open(), False
-        return conn, True
+        return handed, True
 
     async def _wait_for_connection(self) -> H1Connection | None:
         loop = asyncio.get_running_loop()
@@ -310,6 +310,4 @@ def _stale(error: UpstreamError) -> bool:
 
 def _pool_timeout(fut: asyncio.Future[H1Connection | None], target: TargetSpec) -> None:
     if not fut.done():
-        fut.set_exception(
-            PoolExhausted(f"no free connection to {target.url} within pool_timeout")
-        )
+        fut.set_exception(PoolExhausted(f"no free connection to {target.url} within pool_timeout"))
