@@ -35,6 +35,18 @@ class GatewayError(Exception):
         self.headers = list(headers)
 
 
+class Reply(Exception):
+    """A response a policy gives itself, not an error (a CORS preflight, for instance)."""
+
+    def __init__(
+        self, status: int, headers: Iterable[tuple[bytes, bytes]] = (), body: bytes = b""
+    ) -> None:
+        super().__init__(status)
+        self.status = status
+        self.headers = list(headers)
+        self.body = body
+
+
 class ClientDisconnected(Exception):
     """The client went away; there is nobody to answer."""
 

@@ -17,7 +17,8 @@ import uuid
 from collections.abc import AsyncIterator
 
 from gateway.asgi_types import ASGIApp, Message, Receive, Scope, Send
-from gateway.errors import ClientDisconnected, GatewayError, from_upstream, send_error
+from gateway.context import RequestContext
+from gateway.errors import ClientDisconnected, GatewayError, Reply, from_upstream, send_error
 from gateway.headers import REQUEST_DROP, connection_tokens, filter_response_headers
 from gateway.state import GatewayState, RouteRuntime
 from routes.matching import MatchKind
@@ -46,6 +47,7 @@ class Proxy:
             await self.app(scope, receive, send)
             return
         state = self.state  # one snapshot per request: a reload swaps it for new requests
+        loop = asyncio.get_running_loop()
         request_id_header = state.request_id_header
         host = b""
         request_id: bytes | None = None
@@ -68,10 +70,10 @@ class Proxy:
                 connection = value
         if request_id is None or not _valid_request_id(request_id):
             request_id = str(uuid.uuid4()).encode("ascii")
-        rid = request_id.decode("ascii")
+        ctx = RequestContext(scope, request_id, host, loop.time())
+        runtime: RouteRuntime | None = None
         try:
-            hostname = _hostname(host)
-            match = state.table.match(hostname, scope["path"], scope["method"])
+            match = state.table.match(_hostname(host), scope["path"], scope["method"])
             if match.kind is not MatchKind.FULL:
                 if match.kind is MatchKind.PARTIAL:
                     allow = ", ".join(sorted(match.allow)).encode("ascii")
@@ -82,8 +84,11 @@ class Proxy:
                         [(b"allow", allow)],
                     )
                 raise GatewayError(404, "route_not_found", f"no route for {scope['path']}")
-            assert match.route is not None
-            runtime = state.runtimes[match.route.name]
+            route = match.route
+            assert route is not None
+            ctx.route = route
+            ctx.params = match.params or {}
+            runtime = state.runtimes[route.name]
             if content_length is not None:
                 if chunked:
                     raise GatewayError(
@@ -91,13 +96,16 @@ class Proxy:
                     )
                 if content_length == b"conflict" or not content_length.isdigit():
                     raise GatewayError(400, "bad_request", "invalid Content-Length")
+            for policy in runtime.policies:
+                await policy.on_request(ctx)
             if runtime.upstream is None:
-                await self._to_app(runtime, scope, receive, send, request_id)
-                return
-            await self._forward(
-                state, runtime, scope, receive, send, host, request_id, content_length, connection
-            )
+                await self._to_app(runtime, ctx, receive, send)
+            else:
+                await self._forward(state, runtime, ctx, receive, send, content_length, connection)
         except GatewayError as error:
+            ctx.status = error.status
+            ctx.error = error.code
+            rid = request_id.decode("ascii")
             if error.status >= 500:
                 log.warning(
                     "%s %s -> %d %s: %s",
@@ -117,39 +125,49 @@ class Proxy:
                     error.code,
                     extra={"request_id": rid},
                 )
+            if ctx.response_headers:
+                error.headers.extend(ctx.response_headers)
             await send_error(send, error, rid)
+        except Reply as reply:
+            ctx.status = reply.status
+            await _send_reply(send, reply, ctx, request_id_header)
         except ClientDisconnected:
+            ctx.error = "client_disconnected"
+            ctx.status = ctx.status or 499  # nginx's code for "client closed request"
             log.info(
                 "%s %s: client disconnected",
                 scope["method"],
                 scope["path"],
-                extra={"request_id": rid},
+                extra={"request_id": request_id.decode("ascii")},
             )
+        finally:
+            if state.observers:
+                for observer in state.observers:
+                    observer.request_finished(ctx)
 
     async def _forward(
         self,
         state: GatewayState,
         runtime: RouteRuntime,
-        scope: Scope,
+        ctx: RequestContext,
         receive: Receive,
         send: Send,
-        host: bytes,
-        request_id: bytes,
         content_length: bytes | None,
         connection: bytes | None,
     ) -> None:
         upstream = runtime.upstream
         assert upstream is not None
+        scope = ctx.scope
+        host = ctx.host
+        request_id = ctx.request_id
         # -- headers ---------------------------------------------------------------------
         drop = REQUEST_DROP | connection_tokens(connection) if connection else REQUEST_DROP
         request_id_header = state.request_id_header
         headers = [(n, v) for n, v in scope["headers"] if n not in drop and n != request_id_header]
-        client = scope.get("client")
-        peer = client[0] if client else ""
-        forwarded_for = peer.encode("ascii")
+        forwarded_for = ctx.client_ip.encode("ascii")
         proto = scope["scheme"].encode("ascii")
         forwarded_host = host
-        if state.trusted and state.trusted.trusts(peer):
+        if state.trusted and state.trusted.trusts(ctx.client_ip):
             for name, value in scope["headers"]:
                 if name == b"x-forwarded-for":
                     forwarded_for = value + b", " + forwarded_for
@@ -164,9 +182,8 @@ class Proxy:
         )
         if forwarded_host:
             headers.append((b"x-forwarded-host", forwarded_host))
-        target = (
-            runtime.route.rewrite(scope["raw_path"]) if runtime.strip_prefix else scope["raw_path"]
-        )
+        raw_path = scope["raw_path"]
+        target = runtime.route.rewrite(raw_path) if runtime.strip_prefix else raw_path
         query = scope["query_string"]
         if query:
             target = target + b"?" + query
@@ -184,12 +201,14 @@ class Proxy:
         body: bytes | AsyncIterator[bytes]
         if not message.get("more_body", False):
             body = first
-            length: int | None = len(first)
+            ctx.bytes_in = len(first)
+            length: int | None = ctx.bytes_in
         elif declared is not None and declared <= BUFFER_LIMIT:
             body = await _read_all(receive, first, declared)
-            length = len(body)
+            ctx.bytes_in = len(body)
+            length = ctx.bytes_in
         else:
-            body = _stream_request(receive, first, max_body)
+            body = _stream_request(receive, first, max_body, ctx)
             length = declared
         request = UpstreamRequest(
             scope["method"].encode("ascii"),
@@ -203,12 +222,17 @@ class Proxy:
         loop = asyncio.get_running_loop()
         watch = _DisconnectWatch(receive, body_done=isinstance(body, bytes))
         timer = loop.call_later(WATCH_AFTER, watch.start)
+        ctx.upstream = upstream.name
+        ctx.upstream_start = loop.time()
         try:
             try:
                 response = await upstream.send(request)
             except UpstreamError as error:
                 raise from_upstream(error, upstream.name) from None
-            await self._respond(response, send, request_id, upstream.name, scope)
+            finally:
+                ctx.upstream_time = loop.time() - ctx.upstream_start
+            ctx.upstream_target = request.sent_to
+            await self._respond(response, send, runtime, ctx)
         except asyncio.CancelledError:
             if watch.disconnected:
                 task = asyncio.current_task()
@@ -224,48 +248,56 @@ class Proxy:
         self,
         response: UpstreamResponse,
         send: Send,
-        request_id: bytes,
-        upstream: str,
-        scope: Scope,
+        runtime: RouteRuntime,
+        ctx: RequestContext,
     ) -> None:
         headers = filter_response_headers(response.headers)
-        headers.append((self.state.request_id_header, request_id))
+        headers.append((self.state.request_id_header, ctx.request_id))
+        if ctx.response_headers:
+            headers += ctx.response_headers
+        for policy in runtime.policies:
+            policy.on_response(ctx, headers)
+        ctx.status = response.status
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         if response.complete:
+            ctx.bytes_out = len(response.first)
             await send({"type": "http.response.body", "body": response.first})
             return
+        sent = 0
         try:
             if response.first:
+                sent = len(response.first)
                 await send(
                     {"type": "http.response.body", "body": response.first, "more_body": True}
                 )
             async for chunk in response.body:
+                sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as error:
             # The head is gone already: end the connection without finishing the body, so the
             # client sees a truncated message, never one that looks complete.
+            ctx.error = "upstream_reset_mid_body"
             log.warning(
                 "%s %s: upstream %r failed mid-body: %s; aborting client connection",
-                scope["method"],
-                scope["path"],
-                upstream,
+                ctx.scope["method"],
+                ctx.scope["path"],
+                ctx.upstream,
                 error,
-                extra={"request_id": request_id.decode("ascii")},
+                extra={"request_id": ctx.request_id.decode("ascii")},
             )
             return
         finally:
+            ctx.bytes_out = sent
             await response.aclose()
         await send({"type": "http.response.body", "body": b""})
 
     async def _to_app(
-        self,
-        runtime: RouteRuntime,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        request_id: bytes,
+        self, runtime: RouteRuntime, ctx: RequestContext, receive: Receive, send: Send
     ) -> None:
         """Dispatch to an in-process blueprint mounted under its internal prefix."""
+        scope = ctx.scope
+        request_id = ctx.request_id
+        ctx.upstream = runtime.route.spec.upstream
         path = scope["path"]
         raw_path = scope["raw_path"]
         if runtime.strip_prefix:
@@ -280,10 +312,19 @@ class Proxy:
         inner["raw_path"] = mount.encode("ascii") + raw_path
         inner["headers"] = headers
 
+        policies = runtime.policies
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = dict(message)
-                message["headers"] = [*message.get("headers", ()), (header, request_id)]
+                headers = [*message.get("headers", ()), (header, request_id)]
+                headers += ctx.response_headers
+                for policy in policies:
+                    policy.on_response(ctx, headers)
+                message["headers"] = headers
+                ctx.status = message["status"]
+            elif message["type"] == "http.response.body":
+                ctx.bytes_out += len(message.get("body", b""))
             await send(message)
 
         await self.app(inner, receive, send_with_id)
@@ -320,6 +361,17 @@ class _DisconnectWatch:
             self._watcher.cancel()
 
 
+async def _send_reply(send: Send, reply: Reply, ctx: RequestContext, id_header: bytes) -> None:
+    headers = [
+        (b"content-length", b"%d" % len(reply.body)),
+        (id_header, ctx.request_id),
+        *reply.headers,
+        *ctx.response_headers,
+    ]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
 async def _read_all(receive: Receive, first: bytes, declared: int) -> bytes:
     parts = [first]
     size = len(first)
@@ -336,8 +388,10 @@ async def _read_all(receive: Receive, first: bytes, declared: int) -> bytes:
             return b"".join(parts)
 
 
-async def _stream_request(receive: Receive, first: bytes, limit: int) -> AsyncIterator[bytes]:
-    size = len(first)
+async def _stream_request(
+    receive: Receive, first: bytes, limit: int, ctx: RequestContext
+) -> AsyncIterator[bytes]:
+    size = ctx.bytes_in = len(first)
     if limit and size > limit:
         raise GatewayError(413, "payload_too_large", f"request body exceeds {limit} bytes")
     if first:
@@ -348,6 +402,7 @@ async def _stream_request(receive: Receive, first: bytes, limit: int) -> AsyncIt
             raise ClientDisconnected
         chunk = message.get("body", b"")
         size += len(chunk)
+        ctx.bytes_in = size
         if limit and size > limit:
             raise GatewayError(413, "payload_too_large", f"request body exceeds {limit} bytes")
         if chunk:

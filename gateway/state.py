@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.config import GatewayConfig
+from gateway.context import Observer, Policy
 from gateway.headers import TrustedProxies
 from routes.matching import RouteTable
 from routes.model import Route
@@ -22,6 +23,8 @@ class RouteRuntime:
     strip_prefix: bool
     preserve_host: bool
     mount: str = ""
+    #: The route's pipeline, in order; empty for most routes, so the hot path skips it.
+    policies: tuple[Policy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,8 @@ class GatewayState:
     request_id_header: bytes
     trusted: TrustedProxies
     max_body_size: int
+    #: Told about each finished request (access log, metrics); empty means no work.
+    observers: tuple[Observer, ...] = field(default=())
 
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():

@@ -48,6 +48,7 @@ class H2Sender:
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         target = self.target
+        request.sent_to = target.url
         raw_path = request.target
         url = httpx.URL(scheme=target.scheme, host=target.host, port=target.port, raw_path=raw_path)
         headers = [(b"host", request.host or self._host), *request.headers]

@@ -25,6 +25,8 @@ class UpstreamRequest:
     body: Body = b""
     content_length: int | None = 0
     host: bytes | None = None
+    #: Set by the sender: the target URL the request went to (for logs and metrics).
+    sent_to: str = ""
 
 
 @dataclass(slots=True)

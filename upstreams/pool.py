@@ -44,6 +44,7 @@ class ConnectionPool:
         self.target = target
         self._spec = spec
         self._host_header = target.authority.encode("ascii")
+        self._url = target.url
         self._max = spec.max_connections
         self._idle: deque[H1Connection] = deque()
         self._waiters: deque[asyncio.Future[H1Connection | None]] = deque()
@@ -66,6 +67,7 @@ class ConnectionPool:
         replayable = isinstance(request.body, bytes)
         no_body = request.method in _NO_BODY_METHODS
         head = self._head_bytes(request)
+        request.sent_to = self._url
         attempt = 0
         while True:
             conn, reused = await self._acquire()
