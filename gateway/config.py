@@ -70,7 +70,7 @@ class GatewayConfig:
     routes: tuple[RouteSpec, ...] = ()
 
 
-class _Reader:
+class ConfigReader:
     """Reads one TOML table, recording problems under dotted key paths."""
 
     def __init__(self, file: str, problems: list[Problem]) -> None:
@@ -135,7 +135,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 def parse_config(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
     problems: list[Problem] = []
-    reader = _Reader(file, problems)
+    reader = ConfigReader(file, problems)
     data = dict(data)
     gateway = _gateway(reader, data.pop("gateway", {}))
     upstreams, apps = _upstreams(reader, data.pop("upstreams", {}))
@@ -148,7 +148,7 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
     return GatewayConfig(file, gateway, upstreams, apps, routes)
 
 
-def _gateway(reader: _Reader, raw: Any) -> GatewaySettings:
+def _gateway(reader: ConfigReader, raw: Any) -> GatewaySettings:
     table = reader.table(raw, "gateway")
     if table is None:
         return GatewaySettings()
@@ -170,7 +170,7 @@ def _gateway(reader: _Reader, raw: Any) -> GatewaySettings:
 
 
 def _upstreams(
-    reader: _Reader, raw: Any
+    reader: ConfigReader, raw: Any
 ) -> tuple[dict[str, UpstreamSpec], dict[str, AppUpstreamSpec]]:
     table = reader.table(raw, "upstreams")
     upstreams: dict[str, UpstreamSpec] = {}
@@ -220,7 +220,7 @@ def _upstreams(
     return upstreams, apps
 
 
-def _targets(reader: _Reader, raw: Any, prefix: str) -> tuple[TargetSpec, ...]:
+def _targets(reader: ConfigReader, raw: Any, prefix: str) -> tuple[TargetSpec, ...]:
     key = f"{prefix}.targets"
     if raw is None:
         reader.problem(key, "is required (or give 'app' for an in-process upstream)")
@@ -269,7 +269,7 @@ def _parse_target(url: str, weight: int) -> TargetSpec | str:
     return TargetSpec(parts.scheme, parts.hostname, port or default, weight)
 
 
-def _routes(reader: _Reader, raw: Any, upstream_names: set[str]) -> tuple[RouteSpec, ...]:
+def _routes(reader: ConfigReader, raw: Any, upstream_names: set[str]) -> tuple[RouteSpec, ...]:
     if not isinstance(raw, list):
         reader.problem("routes", "must be an array of tables ([[routes]])")
         return ()
