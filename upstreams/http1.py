@@ -215,6 +215,8 @@ class H1Connection(asyncio.Protocol):
             if end < 0:
                 if len(buf) > MAX_HEAD:
                     self._protocol_error("response head too large")
+                elif b"\n\n" in buf or b"\n\r\n" in buf:
+                    self._protocol_error("bare LF in response head")
                 return
             if end > MAX_HEAD:
                 self._protocol_error("response head too large")
@@ -263,7 +265,8 @@ class H1Connection(asyncio.Protocol):
     ) -> tuple[int, list[tuple[bytes, bytes]], int | None, bool, bool] | None:
         status_line = lines[0]
         if (
-            len(status_line) < 12
+            b"\n" in status_line
+            or len(status_line) < 12
             or not status_line.startswith(b"HTTP/1.")
             or status_line[8:9] != b" "
             or not all(c in _DIGITS for c in status_line[9:12])
