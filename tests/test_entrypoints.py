@@ -3,43 +3,30 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.gateway import ROOT, GatewayProcess, free_port, wait_for_port
+from tests.support.gateway import ROOT, GatewayProcess, free_port, serving
 from tests.support.upstream import UpstreamServer
 
 
 @pytest.fixture
 def h2_upstream(tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    log = tmp_path / "h2.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hypercorn",
-                "tests.support.h2_upstream:app",
-                "--bind",
-                f"127.0.0.1:{port}",
-            ],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for_port(port, time.monotonic() + 30, process, log)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            process.wait(10)
+    args = [
+        sys.executable,
+        "-m",
+        "hypercorn",
+        "tests.support.h2_upstream:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+    ]
+    with serving(args, port, tmp_path / "h2.log"):
+        yield f"http://127.0.0.1:{port}"
 
 
 async def test_http2_upstream(
@@ -75,30 +62,18 @@ def test_plain_hypercorn_entry_point(tmp_path: Path, upstream: UpstreamServer) -
         f'[upstreams.u]\ntargets = ["{upstream.url}"]\n[[routes]]\npath = "/"\nupstream = "u"\n'
     )
     port = free_port()
-    log = tmp_path / "hc.log"
+    args = [
+        sys.executable,
+        "-m",
+        "hypercorn",
+        "--config",
+        str(ROOT / "hypercorn.toml"),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "gateway.asgi:app",
+    ]
     env = dict(os.environ, QUARTGATE_CONFIG=str(config))
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hypercorn",
-                "--config",
-                str(ROOT / "hypercorn.toml"),
-                "--bind",
-                f"127.0.0.1:{port}",
-                "gateway.asgi:app",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for_port(port, time.monotonic() + 30, process, log)
-            response = httpx.get(f"http://127.0.0.1:{port}/via/hypercorn", timeout=30)
-            assert response.status_code == 200
-            assert response.json()["target"] == "/via/hypercorn"
-        finally:
-            process.terminate()
-            process.wait(10)
+    with serving(args, port, tmp_path / "hc.log", env):
+        response = httpx.get(f"http://127.0.0.1:{port}/via/hypercorn", timeout=30)
+    assert response.status_code == 200
+    assert response.json()["target"] == "/via/hypercorn"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +38,21 @@ def wait_for_port(
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"nothing listening on port {port}")
+
+
+@contextlib.contextmanager
+def serving(
+    args: list[str], port: int, log: Path, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server process from the repo root until the block ends; yield once it listens."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(port, time.monotonic() + timeout, process, log)
+            yield process
+        finally:
+            process.terminate()
+            process.wait(10)
 
 
 class GatewayProcess:
