@@ -1,0 +1,110 @@
+"""CI smoke run: Locust headless for 10 s through a real gateway to the bundled mock upstream.
+
+Locust runs as a subprocess: importing it here would monkey-patch this process's sockets
+with gevent (PITFALLS.md). The run fails on any failed request; a second, short run against
+an upstream that is down proves that the scenarios do count errors as failures.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from loadtests.servers import locust_gateway_config
+from tests.support.gateway import ROOT, GatewayProcess, free_port, wait_for_port
+
+LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+
+
+@pytest.fixture(scope="module")
+def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("mock") / "mock.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.mock_upstream", "--port", str(port)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, time.monotonic() + 30, process, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def run_locust(host: str, seconds: int, out: Path, *extra: str) -> dict[str, dict[str, str]]:
+    prefix = out / "locust"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "--headless",
+            "-f",
+            str(LOCUSTFILE),
+            "--host",
+            host,
+            "-u",
+            "8",
+            "-r",
+            "8",
+            "-t",
+            f"{seconds}s",
+            "--stop-timeout",
+            "5",
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    stats = Path(f"{prefix}_stats.csv")
+    assert stats.exists(), f"locust wrote no stats (exit {done.returncode}):\n{done.stderr}"
+    with stats.open(newline="") as file:
+        rows = {row["Name"]: row for row in csv.DictReader(file)}
+    rows["_exit"] = {"code": str(done.returncode), "stderr": done.stderr[-3000:]}
+    return rows
+
+
+def test_locust_scenarios_run_without_a_failed_request(
+    mock_upstream: str, make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    gateway = make_gateway(locust_gateway_config(mock_upstream))
+    rows = run_locust(gateway.url, 10, tmp_path)
+    total = rows["Aggregated"]
+    failures = (tmp_path / "locust_failures.csv").read_text()
+    assert int(total["Failure Count"]) == 0, failures
+    assert rows["_exit"]["code"] == "0", rows["_exit"]["stderr"]
+    # Every hot-path scenario ran, each with the body size it checks.
+    for name in ("/api/json", "/api/echo", "/api/bytes/1048576", "/items/{id}?query"):
+        assert int(rows[name]["Request Count"]) > 0, f"scenario {name} did not run"
+    assert float(rows["/api/json"]["Average Content Size"]) == 100
+    assert float(rows["/api/echo"]["Average Content Size"]) == 4096
+    assert float(rows["/api/bytes/1048576"]["Average Content Size"]) == 1 << 20
+
+
+def test_locust_counts_gateway_errors_as_failures(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens: the gateway answers 502
+    gateway = make_gateway(locust_gateway_config(down))
+    rows = run_locust(gateway.url, 2, tmp_path, "--tags", "json")
+    total = rows["Aggregated"]
+    assert int(total["Request Count"]) > 0
+    assert int(total["Failure Count"]) == int(total["Request Count"])
+    assert rows["_exit"]["code"] != "0"
