@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from gateway.asgi_types import Send
 from upstreams.errors import (
+    NoHealthyTarget,
     PoolExhausted,
     UpstreamConnectError,
     UpstreamError,
@@ -57,6 +58,8 @@ def from_upstream(error: UpstreamError, upstream: str) -> GatewayError:
         return GatewayError(
             503, "upstream_busy", f"upstream {upstream!r}: {error}", [(b"retry-after", b"1")]
         )
+    if isinstance(error, NoHealthyTarget):  # Envoy's "no healthy upstream"
+        return GatewayError(503, "no_healthy_upstream", f"upstream {upstream!r}: {error}")
     if isinstance(error, UpstreamTimeout):
         return GatewayError(504, "upstream_timeout", f"upstream {upstream!r}: {error}")
     if isinstance(error, UpstreamConnectError):

@@ -32,3 +32,7 @@ class UpstreamProtocolError(UpstreamError):
 
 class PoolExhausted(UpstreamError):
     """No pooled connection became free within ``pool_timeout``."""
+
+
+class NoHealthyTarget(UpstreamError):
+    """Every target of the upstream is drained (or failing its health checks)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, cast
 
 import httpx
 
-from upstreams.balancer import Balancer, make_balancer
+from upstreams.balancer import Balancer, Single, make_balancer
+from upstreams.errors import NoHealthyTarget
 from upstreams.h2 import H2Sender
 from upstreams.messages import UpstreamRequest, UpstreamResponse
 from upstreams.pool import ConnectionPool, PoolStats
@@ -38,9 +39,26 @@ class Upstream:
             spec.balancer, self.senders, [t.weight for t in spec.targets]
         )
         self._client: httpx.AsyncClient | None = None
+        #: Target URLs an operator drained: they get no new requests; in-flight ones finish.
+        self.drained: frozenset[str] = frozenset()
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         return await self._balancer.pick().send(request)
+
+    def set_drained(self, targets: frozenset[str]) -> None:
+        """Take targets out of (or back into) the rotation.
+
+        The balancer is rebuilt once here, so picking a target per request costs the same
+        as before. With every target drained, requests fail fast with 503.
+        """
+        if targets == self.drained:
+            return
+        self.drained = targets
+        live = [s for s in self.senders if s.target.url not in targets]
+        if not live:
+            self._balancer = Single(cast(Sender, _Unavailable(self.name)))
+            return
+        self._balancer = make_balancer(self.spec.balancer, live, [s.target.weight for s in live])
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -61,3 +79,13 @@ class Upstream:
             await self._client.aclose()
         for sender in self.senders:
             await sender.aclose()
+
+
+class _Unavailable:
+    """Stands in for the targets when none may be used: fails at once, opens nothing."""
+
+    def __init__(self, upstream: str) -> None:
+        self._upstream = upstream
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        raise NoHealthyTarget(f"every target of {self._upstream!r} is drained or unhealthy")
