@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from gateway.normalize import ESCAPED_SLASH_ACTIONS as SLASH_ACTIONS
+from gateway.policies.pipeline import check_routes, parse_route_policies
+from gateway.policies.settings import EdgeSettings, parse_edge
+from gateway.tracing import TRACE_MODES
 from routes.model import ALL_METHODS, RouteSpec, validate_path
 from upstreams.settings import TargetSpec, UpstreamSpec
 
@@ -51,6 +55,15 @@ class GatewaySettings:
     request_id_header: str = "x-request-id"
     #: Largest request body accepted, in bytes (413 beyond it); 0 means no limit.
     max_body_size: int = 0
+    #: Escaped slashes (%2F, %5C) in paths: "keep" (match as separators, forward as sent)
+    #: or "reject" (400). docs/hardening.md.
+    escaped_slashes: str = "keep"
+    #: W3C traceparent: "propagate", "start" (also begin traces) or "off" (gateway/tracing.py).
+    traceparent: str = "propagate"
+    #: More request header lines than this is answered 431 (Envoy's default is 100).
+    max_header_count: int = 100
+    #: Seconds a client may pause between request body chunks (408 beyond); 0: no limit.
+    body_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +81,8 @@ class GatewayConfig:
     upstreams: dict[str, UpstreamSpec] = field(default_factory=dict)
     app_upstreams: dict[str, AppUpstreamSpec] = field(default_factory=dict)
     routes: tuple[RouteSpec, ...] = ()
+    #: ``[consumers]``, ``[jwt_providers]``, ``[redis]`` for route policies (docs/policies.md).
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
 
 
 class ConfigReader:
@@ -140,12 +155,14 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
     gateway = _gateway(reader, data.pop("gateway", {}))
     upstreams, apps = _upstreams(reader, data.pop("upstreams", {}))
     routes = _routes(reader, data.pop("routes", []), set(upstreams) | set(apps))
+    edge = parse_edge(reader, data, file)
+    check_routes(reader, routes, edge)
     reader.leftovers(data, "")
     if not routes and not problems:
         reader.problem("routes", "at least one [[routes]] entry is required")
     if problems:
         raise ConfigError(problems)
-    return GatewayConfig(file, gateway, upstreams, apps, routes)
+    return GatewayConfig(file, gateway, upstreams, apps, routes, edge=edge)
 
 
 def _gateway(reader: ConfigReader, raw: Any) -> GatewaySettings:
@@ -165,8 +182,28 @@ def _gateway(reader: ConfigReader, raw: Any) -> GatewaySettings:
         table, "gateway", "request_id_header", str, default.request_id_header, _header_name
     )
     max_body = reader.take(table, "gateway", "max_body_size", int, 0, _non_negative)
+    slashes = reader.take(
+        table, "gateway", "escaped_slashes", str, default.escaped_slashes, _one_of(SLASH_ACTIONS)
+    )
+    trace = reader.take(
+        table, "gateway", "traceparent", str, default.traceparent, _one_of(TRACE_MODES)
+    )
+    header_count = reader.take(
+        table, "gateway", "max_header_count", int, default.max_header_count, _positive
+    )
+    body_timeout = reader.take(
+        table, "gateway", "body_timeout", float, default.body_timeout, _non_negative
+    )
     reader.leftovers(table, "gateway")
-    return GatewaySettings(tuple(networks), header.lower(), max_body)
+    return GatewaySettings(
+        tuple(networks),
+        header.lower(),
+        max_body,
+        slashes,
+        trace,
+        header_count,
+        body_timeout,
+    )
 
 
 def _upstreams(
@@ -290,6 +327,7 @@ def _routes(reader: ConfigReader, raw: Any, upstream_names: set[str]) -> tuple[R
         host = reader.take(entry, prefix, "host", str, "") or None
         strip_prefix = reader.take(entry, prefix, "strip_prefix", bool, False)
         preserve_host = reader.take(entry, prefix, "preserve_host", bool, False)
+        options = parse_route_policies(reader, entry, prefix, path)
         reader.leftovers(entry, prefix)
         if "path" not in body:
             reader.problem(f"{prefix}.path", "is required")
@@ -307,6 +345,9 @@ def _routes(reader: ConfigReader, raw: Any, upstream_names: set[str]) -> tuple[R
             methods = frozenset(upper) - frozenset(bad)
             if "GET" in methods:
                 methods |= {"HEAD"}  # as Flask, Quart and nginx: HEAD follows GET
+            if "cors" in options:  # preflights reach the CORS policy, which answers them
+                options["route_options"] = "OPTIONS" in methods
+                methods |= {"OPTIONS"}
         if name in seen_names:
             reader.problem(
                 f"{prefix}.name", f"duplicate route name (also routes[{seen_names[name]}])"
@@ -321,7 +362,9 @@ def _routes(reader: ConfigReader, raw: Any, upstream_names: set[str]) -> tuple[R
         seen_keys.setdefault(identity, index)
         if len(reader.problems) == before:
             routes.append(
-                RouteSpec(name, path, upstream, methods, host, strip_prefix, preserve_host)
+                RouteSpec(
+                    name, path, upstream, methods, host, strip_prefix, preserve_host, options
+                )
             )
     return tuple(routes)
 

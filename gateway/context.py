@@ -19,6 +19,7 @@ class RequestContext:
         "consumer",
         "error",
         "extra",
+        "forwarding",
         "host",
         "params",
         "request_id",
@@ -28,6 +29,7 @@ class RequestContext:
         "scope",
         "start",
         "status",
+        "traceparent",
         "upstream",
         "upstream_start",
         "upstream_target",
@@ -60,6 +62,10 @@ class RequestContext:
         self.error: str = ""
         #: Free slot for policies to pass values along (claims, rate-limit state).
         self.extra: dict[str, Any] = {}
+        #: Forwarding headers for the upstream when a trusted proxy sent the request.
+        self.forwarding: tuple[tuple[bytes, bytes], ...] | None = None
+        #: The ``traceparent`` sent upstream (this hop's span id), if any.
+        self.traceparent: bytes | None = None
 
 
 class Policy(Protocol):

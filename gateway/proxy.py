@@ -19,9 +19,13 @@ from collections.abc import AsyncIterator
 from gateway.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from gateway.context import RequestContext
 from gateway.errors import ClientDisconnected, GatewayError, Reply, from_upstream, send_error
-from gateway.headers import REQUEST_DROP, connection_tokens, filter_response_headers
+from gateway.forwarding import FORWARD_DROP, resolve, untrusted_headers
+from gateway.headers import connection_tokens, filter_response_headers
+from gateway.normalize import needs_normalizing, normalize_scope
 from gateway.state import GatewayState, RouteRuntime
+from gateway.tracing import next_hop
 from routes.matching import MatchKind
+from routes.model import ALL_METHODS
 from upstreams.errors import UpstreamError
 from upstreams.messages import UpstreamRequest, UpstreamResponse
 
@@ -54,6 +58,7 @@ class Proxy:
         content_length: bytes | None = None
         chunked = False
         connection: bytes | None = None
+        traceparent: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"host":
                 host = value
@@ -68,11 +73,42 @@ class Proxy:
                 chunked = True
             elif name == b"connection":
                 connection = value
+            elif name == b"traceparent":
+                traceparent = value
         if request_id is None or not _valid_request_id(request_id):
             request_id = str(uuid.uuid4()).encode("ascii")
         ctx = RequestContext(scope, request_id, host, loop.time())
         runtime: RouteRuntime | None = None
         try:
+            # -- hostile input first: nothing below may act on an ambiguous request -------
+            settings = state.config.gateway
+            if len(scope["headers"]) > settings.max_header_count:
+                raise GatewayError(
+                    431, "too_many_headers", f"more than {settings.max_header_count} headers"
+                )
+            if scope["method"] not in ALL_METHODS:
+                raise GatewayError(
+                    501, "method_not_implemented", f"method {scope['method']} is not supported"
+                )
+            if content_length is not None:
+                if chunked:
+                    raise GatewayError(
+                        400, "bad_request", "both Content-Length and Transfer-Encoding sent"
+                    )
+                if content_length == b"conflict" or not content_length.isdigit():
+                    raise GatewayError(400, "bad_request", "invalid Content-Length")
+            if needs_normalizing(scope["raw_path"]):
+                host = ctx.host = normalize_scope(scope, host, settings.escaped_slashes)
+            if state.trusted and state.trusted.trusts(ctx.client_ip):
+                found = resolve(
+                    scope["headers"], ctx.client_ip, scope["scheme"], host, state.trusted
+                )
+                ctx.client_ip = found.client_ip
+                ctx.forwarding = found.headers
+            if traceparent is not None or settings.traceparent == "start":
+                ctx.traceparent, keep_state = next_hop(traceparent, settings.traceparent)
+                if not keep_state:
+                    scope["headers"] = [h for h in scope["headers"] if h[0] != b"tracestate"]
             match = state.table.match(_hostname(host), scope["path"], scope["method"])
             if match.kind is not MatchKind.FULL:
                 if match.kind is MatchKind.PARTIAL:
@@ -89,19 +125,14 @@ class Proxy:
             ctx.route = route
             ctx.params = match.params or {}
             runtime = state.runtimes[route.name]
-            if content_length is not None:
-                if chunked:
-                    raise GatewayError(
-                        400, "bad_request", "both Content-Length and Transfer-Encoding sent"
-                    )
-                if content_length == b"conflict" or not content_length.isdigit():
-                    raise GatewayError(400, "bad_request", "invalid Content-Length")
             for policy in runtime.policies:
                 await policy.on_request(ctx)
             if runtime.upstream is None:
                 await self._to_app(runtime, ctx, receive, send)
             else:
-                await self._forward(state, runtime, ctx, receive, send, content_length, connection)
+                await self._forward(
+                    state, runtime, ctx, receive, send, content_length, connection, chunked
+                )
         except GatewayError as error:
             ctx.status = error.status
             ctx.error = error.code
@@ -154,6 +185,7 @@ class Proxy:
         send: Send,
         content_length: bytes | None,
         connection: bytes | None,
+        chunked: bool = False,
     ) -> None:
         upstream = runtime.upstream
         assert upstream is not None
@@ -161,27 +193,14 @@ class Proxy:
         host = ctx.host
         request_id = ctx.request_id
         # -- headers ---------------------------------------------------------------------
-        drop = REQUEST_DROP | connection_tokens(connection) if connection else REQUEST_DROP
+        drop = FORWARD_DROP | connection_tokens(connection) if connection else FORWARD_DROP
         request_id_header = state.request_id_header
         headers = [(n, v) for n, v in scope["headers"] if n not in drop and n != request_id_header]
-        forwarded_for = ctx.client_ip.encode("ascii")
-        proto = scope["scheme"].encode("ascii")
-        forwarded_host = host
-        if state.trusted and state.trusted.trusts(ctx.client_ip):
-            for name, value in scope["headers"]:
-                if name == b"x-forwarded-for":
-                    forwarded_for = value + b", " + forwarded_for
-                elif name == b"x-forwarded-proto":
-                    proto = value
-                elif name == b"x-forwarded-host":
-                    forwarded_host = value
-        headers += (
-            (request_id_header, request_id),
-            (b"x-forwarded-for", forwarded_for),
-            (b"x-forwarded-proto", proto),
-        )
-        if forwarded_host:
-            headers.append((b"x-forwarded-host", forwarded_host))
+        headers.append((request_id_header, request_id))
+        # Believed from a trusted proxy (gateway/forwarding.py), else what the gateway saw.
+        headers += ctx.forwarding or untrusted_headers(ctx.client_ip, scope["scheme"], host)
+        if ctx.traceparent is not None:
+            headers.append((b"traceparent", ctx.traceparent))
         raw_path = scope["raw_path"]
         target = runtime.route.rewrite(raw_path) if runtime.strip_prefix else raw_path
         query = scope["query_string"]
@@ -194,7 +213,11 @@ class Proxy:
             raise GatewayError(
                 413, "payload_too_large", f"request body of {declared} bytes exceeds {max_body}"
             )
-        message = await receive()
+        body_receive = receive
+        body_timeout = state.config.gateway.body_timeout
+        if body_timeout and (declared or chunked):
+            body_receive = _timed(receive, body_timeout)  # a slow body is cut off (408)
+        message = await body_receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
         first = message.get("body", b"")
@@ -204,11 +227,11 @@ class Proxy:
             ctx.bytes_in = len(first)
             length: int | None = ctx.bytes_in
         elif declared is not None and declared <= BUFFER_LIMIT:
-            body = await _read_all(receive, first, declared)
+            body = await _read_all(body_receive, first, declared)
             ctx.bytes_in = len(body)
             length = ctx.bytes_in
         else:
-            body = _stream_request(receive, first, max_body, ctx)
+            body = _stream_request(body_receive, first, max_body, ctx)
             length = declared
         request = UpstreamRequest(
             scope["method"].encode("ascii"),
@@ -258,13 +281,16 @@ class Proxy:
         for policy in runtime.policies:
             policy.on_response(ctx, headers)
         ctx.status = response.status
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        start = {"type": "http.response.start", "status": response.status, "headers": headers}
         if response.complete:
+            await send(start)
             ctx.bytes_out = len(response.first)
             await send({"type": "http.response.body", "body": response.first})
             return
         sent = 0
         try:
+            # Inside the try: a client gone before the head still returns the connection.
+            await send(start)
             if response.first:
                 sent = len(response.first)
                 await send(
@@ -409,6 +435,21 @@ async def _stream_request(
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+def _timed(receive: Receive, timeout: float) -> Receive:
+    """``receive`` that answers 408 when the client sends no body data for ``timeout`` s."""
+
+    async def timed() -> Message:
+        try:
+            async with asyncio.timeout(timeout):
+                return await receive()
+        except TimeoutError:
+            raise GatewayError(
+                408, "request_timeout", f"no request body data for {timeout:g} s"
+            ) from None
+
+    return timed
 
 
 def _hostname(host: bytes) -> str:

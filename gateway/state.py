@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from gateway.config import GatewayConfig
 from gateway.context import Observer, Policy
 from gateway.headers import TrustedProxies
+from gateway.policies.pipeline import Resources, build_policies
 from routes.matching import RouteTable
 from routes.model import Route
 from upstreams.upstream import Upstream
@@ -38,22 +39,32 @@ class GatewayState:
     max_body_size: int
     #: Told about each finished request (access log, metrics); empty means no work.
     observers: tuple[Observer, ...] = field(default=())
+    #: What route policies share (a Redis client); closed with the snapshot.
+    resources: Resources | None = None
 
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.aclose()
+        if self.resources is not None:
+            await self.resources.aclose()
 
 
 def build_state(config: GatewayConfig) -> GatewayState:
     upstreams = {name: Upstream(spec) for name, spec in config.upstreams.items()}
     table = RouteTable(config.routes)
     runtimes: dict[str, RouteRuntime] = {}
+    resources = Resources(config.edge)
     for route in table.routes:
         spec = route.spec
         upstream = upstreams.get(spec.upstream)
         mount = "" if upstream is not None else APP_MOUNT + spec.upstream
         runtimes[route.name] = RouteRuntime(
-            route, upstream, spec.strip_prefix, spec.preserve_host, mount
+            route,
+            upstream,
+            spec.strip_prefix,
+            spec.preserve_host,
+            mount,
+            build_policies(spec, resources),
         )
     settings = config.gateway
     return GatewayState(
@@ -64,4 +75,5 @@ def build_state(config: GatewayConfig) -> GatewayState:
         settings.request_id_header.encode("ascii"),
         TrustedProxies(settings.trusted_proxies),
         settings.max_body_size,
+        resources=resources,
     )

@@ -1,0 +1,148 @@
+"""Request-target normalisation before matching, so a route cannot be bypassed.
+
+The gateway must choose a route from the same path the upstream will act on. A path that
+needs no normalising (the common case, decided by three substring tests) is matched as
+Hypercorn decoded it and forwarded byte-exact. Anything else takes the slow path here:
+
+- absolute-form targets (``GET http://host/p``) become origin-form; the authority is only
+  used as the Host for matching (RFC 9112 3.2.2), never to choose where to connect;
+- other forms (``*``, authority-form) are refused (400);
+- invalid percent-escapes and escaped control characters (``%00``, ``%0d`` ...) are refused;
+- escaped slashes (``%2F``, ``%5C``) are separators for matching (``keep``, Envoy's
+  KEEP_UNCHANGED but matched as the upstream that decodes them would) or refused
+  (``reject``);
+- ``.`` / ``..`` segments (also as ``%2e``) are resolved and empty segments merged
+  (Envoy's ``normalize_path`` + ``merge_slashes``); ``..;x`` style segments (Tomcat path
+  parameters on dot segments) are refused.
+
+When normalisation changed the path, the normalised path is what is forwarded (as Envoy
+does), re-encoded, so the upstream acts on exactly the path the route was chosen for.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import quote
+
+from gateway.asgi_types import Scope
+from gateway.errors import GatewayError
+
+ESCAPED_SLASH_ACTIONS: Final = ("keep", "reject")
+
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+#: What RFC 3986 allows unescaped in a path segment (pchar minus "%").
+_SAFE: Final = "!$&'()*+,;=:@-._~"
+
+
+def needs_normalizing(raw_path: bytes) -> bool:
+    """The fast test: False for the common clean origin-form path."""
+    return (
+        raw_path[:1] != b"/" or b"%" in raw_path or b"//" in raw_path or b"/." in raw_path
+    )
+
+
+def split_absolute(raw_target: bytes) -> tuple[bytes, bytes] | None:
+    """``(authority, path)`` of an absolute-form target, or None when it is not one."""
+    lower = raw_target[:8].lower()
+    if lower.startswith(b"http://"):
+        rest = raw_target[7:]
+    elif lower.startswith(b"https://"):
+        rest = raw_target[8:]
+    else:
+        return None
+    slash = rest.find(b"/")
+    authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+    if not authority or b"@" in authority:
+        raise GatewayError(400, "bad_request", "invalid authority in absolute-form target")
+    return authority, path
+
+
+def normalize_path(raw_path: bytes, escaped_slashes: str = "keep") -> tuple[str, bytes]:
+    """``(match_path, forward_path)`` for an origin-form path; GatewayError(400) if hostile.
+
+    ``match_path`` is decoded (UTF-8, like Hypercorn's ``scope["path"]``) and has no dot or
+    empty segments; ``forward_path`` is ``raw_path`` itself when nothing changed.
+    """
+    if raw_path[:1] != b"/":
+        raise GatewayError(400, "bad_request", "request target must be an absolute path")
+    reject_slashes = escaped_slashes == "reject"
+    decoded: list[bytes] = []
+    changed = False
+    raw_segments = raw_path[1:].split(b"/")
+    last = len(raw_segments) - 1
+    for index, raw in enumerate(raw_segments):
+        pieces = _unescape(raw).split(b"/") if b"%" in raw else [raw]
+        if len(pieces) > 1 and reject_slashes:
+            raise GatewayError(400, "bad_request", "escaped slash in path")
+        for number, segment in enumerate(pieces):
+            final = index == last and number == len(pieces) - 1
+            if segment == b"..":
+                changed = True
+                if decoded:
+                    decoded.pop()
+                if final:
+                    decoded.append(b"")  # "/a/b/.." is "/a/", as RFC 3986 5.2.4
+            elif segment == b".":
+                changed = True
+                if final:
+                    decoded.append(b"")
+            elif not segment:
+                if final:
+                    decoded.append(b"")  # the trailing slash is kept
+                else:
+                    changed = True  # "//" merged
+            else:
+                if segment[:3] == b"..;" or segment[:2] == b".;":
+                    raise GatewayError(400, "bad_request", "dot segment with parameters")
+                decoded.append(segment)
+    if decoded and decoded[-1] == b"" and len(decoded) == 1:
+        decoded = []
+    match_bytes = b"/" + b"/".join(decoded)
+    match = match_bytes.decode("utf-8", "replace")
+    if not changed:
+        return match, raw_path
+    forward = "/" + "/".join(quote(s, safe=_SAFE) for s in decoded)
+    return match, forward.encode("ascii")
+
+
+def _unescape(raw: bytes) -> bytes:
+    """Percent-decode one segment; invalid escapes and control characters are refused.
+
+    A decoded backslash counts as a slash: some upstreams (IIS, some routers) treat it so.
+    """
+    out = bytearray()
+    i = 0
+    n = len(raw)
+    while i < n:
+        byte = raw[i]
+        if byte == 0x25:  # "%"
+            if i + 3 > n:
+                raise GatewayError(400, "bad_request", "invalid percent-escape in path")
+            hi, lo = raw[i + 1], raw[i + 2]
+            if hi not in _HEX or lo not in _HEX:
+                raise GatewayError(400, "bad_request", "invalid percent-escape in path")
+            value = int(raw[i + 1 : i + 3], 16)
+            if value < 0x20 or value == 0x7F:
+                raise GatewayError(400, "bad_request", "escaped control character in path")
+            out.append(0x2F if value == 0x5C else value)
+            i += 3
+        else:
+            out.append(byte)
+            i += 1
+    return bytes(out)
+
+
+def normalize_scope(scope: Scope, host: bytes, escaped_slashes: str) -> bytes:
+    """Normalise ``scope``'s path in place (the slow path); returns the Host to match on.
+
+    For an absolute-form target the authority becomes the Host (RFC 9112 3.2.2); the
+    upstream is still chosen by the route table alone.
+    """
+    raw: bytes = scope["raw_path"]
+    absolute = split_absolute(raw)
+    if absolute is not None:
+        host, raw = absolute
+    match, forward = normalize_path(raw, escaped_slashes)
+    scope["path"] = match
+    scope["raw_path"] = forward
+    return host
