@@ -13,12 +13,17 @@ from werkzeug.exceptions import HTTPException
 from gateway.asgi_types import ASGIApp
 from gateway.config import ConfigError, GatewayConfig, Problem
 from gateway.errors import error_body
+from gateway.observability.runtime import Observability
 from gateway.proxy import Proxy
 from gateway.state import APP_MOUNT, build_state
 
 
-def create_app(config: GatewayConfig) -> Quart:
-    """A Quart app whose proxied routes are served by the :class:`Proxy` layer in front."""
+def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
+    """A Quart app whose proxied routes are served by the :class:`Proxy` layer in front.
+
+    ``runtime_dir`` is where the workers of one ``quartgate serve`` share operator
+    decisions (drains, reloads); None for a single worker.
+    """
     app = Quart("quartgate")
     # Quart's defaults would cap a proxy silently (PITFALLS.md): the gateway sets its own.
     app.config.update(
@@ -46,9 +51,10 @@ def create_app(config: GatewayConfig) -> Quart:
                     response.headers["Allow"] = value
         return response
 
-    state = build_state(config)
+    observability = Observability(config, runtime_dir)
+    state = build_state(config, observability.observers)
     proxy = Proxy(cast(ASGIApp, app.asgi_app), state)
-    app.asgi_app = proxy  # type: ignore[method-assign,assignment]
+    app.asgi_app = observability.install(app, proxy)  # type: ignore[method-assign,assignment]
     app.extensions["quartgate"] = proxy
 
     @app.after_serving

@@ -13,4 +13,7 @@ from gateway.config import load_config
 from gateway.logs import configure_logging
 
 configure_logging()
-app = create_app(load_config(os.environ.get("QUARTGATE_CONFIG", "gateway.toml")))
+app = create_app(
+    load_config(os.environ.get("QUARTGATE_CONFIG", "gateway.toml")),
+    runtime_dir=os.environ.get("QUARTGATE_RUNTIME_DIR"),
+)

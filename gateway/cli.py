@@ -85,16 +85,20 @@ def _serve(args: argparse.Namespace) -> int:
     server_path = args.server_config
     if server_path is None and Path("hypercorn.toml").exists():
         server_path = "hypercorn.toml"
+    from gateway.observability.serving import add_admin_bind, shared_runtime
+
     try:
-        load_config(config_path)  # fail here, with every reason, not inside a worker
+        config = load_config(config_path)  # fail here, with every reason, not inside a worker
         server = load_server_config(server_path, bind=args.bind, workers=args.workers)
+        add_admin_bind(config, server)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
     os.environ["QUARTGATE_CONFIG"] = str(config_path)
     if server.workers == 1:
         server.workers = 0  # serve in this process: no supervisor needed for one worker
-    return run(server) or 0
+    with shared_runtime(server.workers):
+        return run(server) or 0
 
 
 if __name__ == "__main__":

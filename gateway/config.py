@@ -7,6 +7,8 @@ proxy ends up with a default nobody chose.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import ipaddress
 import tomllib
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.normalize import ESCAPED_SLASH_ACTIONS as SLASH_ACTIONS
+from gateway.observability.settings import ObservabilitySettings, parse_observability
 from gateway.policies.pipeline import check_routes, parse_route_policies
 from gateway.policies.settings import EdgeSettings, parse_edge
 from gateway.tracing import TRACE_MODES
@@ -81,6 +84,10 @@ class GatewayConfig:
     upstreams: dict[str, UpstreamSpec] = field(default_factory=dict)
     app_upstreams: dict[str, AppUpstreamSpec] = field(default_factory=dict)
     routes: tuple[RouteSpec, ...] = ()
+    #: ``[admin]``, ``[metrics]``, ``[access_log]``, ``[tracing]`` (docs/observability.md).
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    #: sha256 prefix of the file's bytes: what /admin/config and quartgate_config_info show.
+    version: str = ""
     #: ``[consumers]``, ``[jwt_providers]``, ``[redis]`` for route policies (docs/policies.md).
     edge: EdgeSettings = field(default_factory=EdgeSettings)
 
@@ -145,7 +152,9 @@ def load_config(path: str | Path) -> GatewayConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([Problem(file, "-", f"invalid TOML: {error}")]) from None
-    return parse_config(data, file)
+    config = parse_config(data, file)
+    version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return dataclasses.replace(config, version=version)
 
 
 def parse_config(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
@@ -155,6 +164,7 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
     gateway = _gateway(reader, data.pop("gateway", {}))
     upstreams, apps = _upstreams(reader, data.pop("upstreams", {}))
     routes = _routes(reader, data.pop("routes", []), set(upstreams) | set(apps))
+    observability = parse_observability(reader, data)
     edge = parse_edge(reader, data, file)
     check_routes(reader, routes, edge)
     reader.leftovers(data, "")
@@ -162,7 +172,9 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
         reader.problem("routes", "at least one [[routes]] entry is required")
     if problems:
         raise ConfigError(problems)
-    return GatewayConfig(file, gateway, upstreams, apps, routes, edge=edge)
+    return GatewayConfig(
+        file, gateway, upstreams, apps, routes, observability=observability, edge=edge
+    )
 
 
 def _gateway(reader: ConfigReader, raw: Any) -> GatewaySettings:

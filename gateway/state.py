@@ -49,7 +49,8 @@ class GatewayState:
             await self.resources.aclose()
 
 
-def build_state(config: GatewayConfig) -> GatewayState:
+def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> GatewayState:
+    """Build a snapshot; ``observers`` are the app's (metrics, access log), kept on reload."""
     upstreams = {name: Upstream(spec) for name, spec in config.upstreams.items()}
     table = RouteTable(config.routes)
     runtimes: dict[str, RouteRuntime] = {}
@@ -76,4 +77,5 @@ def build_state(config: GatewayConfig) -> GatewayState:
         TrustedProxies(settings.trusted_proxies),
         settings.max_body_size,
         resources=resources,
+        observers=observers,
     )

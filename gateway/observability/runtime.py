@@ -1,0 +1,240 @@
+"""What observability adds to one app: its observers, admin listener, lifecycle and reload.
+
+``create_app`` builds one :class:`Observability` from the config; it decides which observers
+go into the state (none when nothing is configured, so the hot path does no work), wraps
+the proxy with the admin dispatcher when ``[admin]`` is set, and starts and stops the
+access-log writer and the once-a-second sync task with the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from gateway.asgi_types import ASGIApp
+from gateway.config import ConfigError, GatewayConfig, Problem, load_config
+from gateway.context import Observer
+from gateway.observability.control import Control
+from gateway.observability.targets import apply_drained, target_views
+
+if TYPE_CHECKING:
+    from quart import Quart
+
+    from gateway.observability.access_log import AccessLog
+    from gateway.observability.metrics import GatewayMetrics
+    from gateway.proxy import Proxy
+    from gateway.state import GatewayState
+
+log = logging.getLogger("quartgate")
+
+#: How often each worker looks for decisions made in another worker, and samples gauges.
+SYNC_INTERVAL = 1.0
+#: How long a replaced state's upstreams stay open for requests still using them.
+RETIRE_AFTER = 30.0
+
+Reloader = Callable[[], Awaitable[GatewayConfig]]
+
+
+class Observability:
+    def __init__(self, config: GatewayConfig, runtime_dir: str | None = None) -> None:
+        settings = config.observability
+        self.settings = settings
+        self.control = Control(runtime_dir)
+        self.loaded_at = time.time()
+        self.metrics: GatewayMetrics | None = None
+        self.access_log: AccessLog | None = None
+        observers: list[Observer] = []
+        if settings.admin is not None and settings.metrics.enabled:
+            from gateway.observability.metrics import GatewayMetrics, MetricsObserver
+
+            self.metrics = GatewayMetrics(settings.metrics, config.version)
+            observers.append(MetricsObserver(self.metrics))
+        if settings.access_log is not None:
+            from gateway.observability.access_log import AccessLog
+
+            metrics = self.metrics
+            on_drop = metrics.access_log_dropped.inc if metrics is not None else None
+            self.access_log = AccessLog(settings.access_log, on_drop)
+            observers.append(self.access_log)
+        if settings.tracing is not None:
+            from gateway.observability.tracing_otel import TracingObserver
+
+            self.tracing: TracingObserver | None = TracingObserver(settings.tracing)
+            observers.append(self.tracing)
+        else:
+            self.tracing = None
+        self.observers: tuple[Observer, ...] = tuple(observers)
+        self._proxy: Proxy | None = None
+        self._generation = 0
+        self._task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        #: Replaced by the hot-reload machinery when it exists; the default is :meth:`reload`.
+        self.reloader: Reloader = self.reload
+
+    # ---- wiring -------------------------------------------------------------------------
+
+    def install(self, app: Quart, proxy: Proxy) -> ASGIApp:
+        """Hook into the app's lifecycle; return the ASGI callable to serve."""
+        self._proxy = proxy
+        app.extensions["quartgate.observability"] = self
+        app.before_serving(self.start)
+        app.after_serving(self.stop)
+        admin = self.settings.admin
+        if admin is None:
+            return proxy
+        from gateway.observability.admin import AdminApp, AdminDispatch
+
+        return AdminDispatch(proxy, AdminApp(self), admin.port)
+
+    @property
+    def state(self) -> GatewayState:
+        assert self._proxy is not None
+        return self._proxy.state
+
+    async def start(self) -> None:
+        if self.access_log is not None:
+            self.access_log.start()
+        if self.metrics is not None:
+            config = self.state.config
+            self.metrics.config_loaded(config.version, config.source, self.loaded_at)
+        self.sync()
+        if self.control.shared or (self.metrics is not None and self.metrics.multiprocess):
+            self._task = asyncio.create_task(self._sync_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._retiring):
+            task.cancel()
+        if self.access_log is not None:
+            self.access_log.stop()
+        if self.tracing is not None:
+            self.tracing.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    # ---- operator decisions -------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Apply the latest operator decisions (from another worker too) to this worker."""
+        self.control.poll()
+        self.apply_control(self.state)
+        if self.metrics is not None:
+            self.metrics.sample(self.state, self.control)
+            self.metrics.ready.set(1 if self.readiness()[0] else 0)
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL)
+            try:
+                self.sync()
+                if self.control.generation != self._generation:
+                    self._generation = self.control.generation
+                    await self._reload_quietly()
+            except (OSError, ValueError) as error:
+                log.error("observability sync failed: %s", error)
+
+    def apply_control(self, state: GatewayState) -> None:
+        control = self.control
+        for name, upstream in state.upstreams.items():
+            apply_drained(upstream, control.drained_targets(name))
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Ready: a config is loaded, every upstream has a usable target, not draining."""
+        reasons: list[str] = []
+        if self.control.draining:
+            reasons.append("gateway is draining")
+        usable = {name: False for name in self.state.upstreams}
+        for view in target_views(self.state, self.control):
+            usable[view.upstream] = usable[view.upstream] or view.usable
+        for name, ok in usable.items():
+            if not ok:
+                reasons.append(f"upstream {name!r} has no healthy, undrained target")
+        return not reasons, reasons
+
+    # ---- reload -------------------------------------------------------------------------
+
+    async def request_reload(self) -> tuple[GatewayConfig, str]:
+        """Reload here now and have every other worker follow; (new config, old version)."""
+        previous = self.state.config.version
+        config = await self._reload_counted()
+        if self.control.shared:
+            with self.control.change() as control:
+                control.generation += 1
+                self._generation = control.generation
+        return config, previous
+
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(ConfigError):
+            await self._reload_counted()
+
+    async def _reload_counted(self) -> GatewayConfig:
+        try:
+            config = await self.reloader()
+        except ConfigError as error:
+            if self.metrics is not None:
+                self.metrics.config_reloads.labels("failure").inc()
+            log.error("config reload failed:\n%s", error)
+            raise
+        self.loaded_at = time.time()
+        if self.metrics is not None:
+            self.metrics.config_reloads.labels("success").inc()
+            self.metrics.config_loaded(config.version, config.source, self.loaded_at)
+        log.info("config reloaded: %s (version %s)", config.source, config.version)
+        return config
+
+    async def reload(self) -> GatewayConfig:
+        """The default reload: build a new snapshot from the same file and swap it in.
+
+        Requests in flight keep the snapshot they started with; its upstreams are closed
+        :data:`RETIRE_AFTER` seconds later. In-process app upstreams are mounted at start-up
+        and cannot change without a restart.
+        """
+        from gateway.state import build_state
+
+        assert self._proxy is not None
+        old = self._proxy.state
+        config = load_config(old.config.source)
+        if config.app_upstreams != old.config.app_upstreams:
+            raise ConfigError(
+                [Problem(config.source, "upstreams", "in-process app upstreams need a restart")]
+            )
+        if config.observability != old.config.observability:
+            log.warning("reload: [admin]/[metrics]/[access_log]/[tracing] changes need a restart")
+        state = build_state(config, self.observers)
+        self.apply_control(state)
+        start = getattr(state, "start", None)  # background work (health checks), if any
+        if start is not None:
+            start()
+        self._proxy.state = state
+        task = asyncio.create_task(_retire(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return config
+
+    def describe_config(self) -> dict[str, Any]:
+        config = self.state.config
+        return {
+            "version": config.version,
+            "source": config.source,
+            "loaded_at": self.loaded_at,
+            "routes": len(config.routes),
+            "upstreams": len(config.upstreams) + len(config.app_upstreams),
+        }
+
+
+async def _retire(state: GatewayState) -> None:
+    retire = getattr(state, "retire", None)
+    if retire is not None:  # the upstream layer knows when its requests are done
+        await retire()
+        return
+    try:
+        await asyncio.sleep(RETIRE_AFTER)
+    finally:
+        await state.aclose()

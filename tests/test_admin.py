@@ -1,0 +1,353 @@
+"""The admin listener: probes, token-protected admin API, drains, reloads, and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.config import ConfigError, parse_config
+from tests.support.gateway import ROOT, GatewayProcess, free_port
+from tests.support.observability import TOKEN, Admin, value, wait_until
+from tests.support.upstream import UpstreamServer
+
+ROUTES = """
+[upstreams.main]
+targets = ["{upstream}", "http://127.0.0.1:{spare}"]
+
+[[routes]]
+name = "api"
+path = "/api"
+upstream = "main"
+"""
+
+#: One live target only: with the spare (down) one, round robin would fail every other try.
+ONE = """
+[upstreams.main]
+targets = ["{upstream}"]
+
+[[routes]]
+name = "api"
+path = "/api"
+upstream = "main"
+"""
+
+Start = Callable[..., GatewayProcess]
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, Admin]]:
+    """One gateway for the read-only checks; tests that change state start their own."""
+    admin = Admin()
+    config = tmp_path_factory.mktemp("admin") / "gateway.toml"
+    config.write_text(admin.section() + ROUTES.format(upstream=upstream.url, spare=free_port()))
+    process = GatewayProcess(config).start()
+    yield process, admin
+    assert process.stop() == 0, process.logs()
+
+
+def test_probes_need_no_token(gateway: tuple[GatewayProcess, Admin]) -> None:
+    _, admin = gateway
+    health = admin.get("/healthz", token=None)
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    ready = admin.get("/readyz", token=None)
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {"status": "ready", "reasons": []}
+    assert admin.get("/metrics", token=None).status_code == 200
+    assert httpx.head(admin.url + "/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, 401),
+        ({"authorization": "Bearer wrong-token-0123456789"}, 401),
+        ({"authorization": f"Bearer {TOKEN}x"}, 401),
+        ({"authorization": f"Basic {TOKEN}"}, 401),
+        ({"authorization": f"Bearer {TOKEN}"}, 200),
+        ({"authorization": f"bearer {TOKEN}"}, 200),
+    ],
+)
+def test_admin_api_requires_the_token(
+    gateway: tuple[GatewayProcess, Admin], headers: dict[str, str], code: int
+) -> None:
+    _, admin = gateway
+    for path in ("/admin/routes", "/admin/upstreams", "/admin/config"):
+        response = httpx.get(admin.url + path, headers=headers)
+        assert response.status_code == code, (path, response.text)
+        if code == 401:
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert response.json()["error"] == "unauthorized"
+    response = httpx.post(admin.url + "/admin/drain", headers=headers)
+    if code == 401:
+        assert response.status_code == 401
+    else:
+        assert response.status_code == 200
+        assert httpx.post(admin.url + "/admin/undrain", headers=headers).status_code == 200
+
+
+def test_admin_paths_do_not_exist_on_the_public_port(
+    gateway: tuple[GatewayProcess, Admin],
+) -> None:
+    process, _ = gateway
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    for path in ("/metrics", "/healthz", "/readyz", "/admin/routes"):
+        response = httpx.get(process.url + path, headers=auth)
+        assert response.status_code == 404, path
+        assert response.json()["error"] == "route_not_found"
+
+
+def test_routes_upstreams_and_config(
+    gateway: tuple[GatewayProcess, Admin], upstream: UpstreamServer
+) -> None:
+    process, admin = gateway
+    assert httpx.get(process.url + "/api/warm").status_code == 200
+    routes = admin.get("/admin/routes").json()["routes"]
+    assert routes == [
+        {
+            "name": "api",
+            "host": None,
+            "path": "/api",
+            "methods": None,
+            "upstream": "main",
+            "strip_prefix": False,
+            "preserve_host": False,
+        }
+    ]
+    (main,) = admin.get("/admin/upstreams").json()["upstreams"]
+    assert main["name"] == "main"
+    assert main["kind"] == "http1"
+    first, second = main["targets"]
+    assert first["url"] == upstream.url
+    assert first["healthy"] is True
+    assert first["drained"] is False
+    pool = first["pool"]
+    assert set(pool) == {"in_use", "idle", "waiting"}
+    assert pool["in_use"] + pool["idle"] >= 1
+    assert second["url"].startswith("http://127.0.0.1:")
+    config = admin.get("/admin/config").json()
+    assert config["source"] == str(process.config.resolve())
+    assert config["version"] == hashlib.sha256(process.config.read_bytes()).hexdigest()[:12]
+    assert config["draining"] is False
+    assert admin.get("/admin/nothing").status_code == 404
+    assert admin.post("/admin/routes").status_code == 405
+
+
+def test_gateway_drain_fails_readiness_but_keeps_serving(
+    make_gateway: Start, upstream: UpstreamServer
+) -> None:
+    admin = Admin()
+    gateway = make_gateway(admin.section() + ONE.format(upstream=upstream.url))
+    assert admin.get("/readyz", token=None).status_code == 200
+    assert admin.post("/admin/drain").json() == {"draining": True, "ready": False}
+    ready = admin.get("/readyz", token=None)
+    assert ready.status_code == 503
+    assert ready.json()["reasons"] == ["gateway is draining"]
+    assert httpx.get(gateway.url + "/api/x").status_code == 200  # traffic still served
+    assert admin.post("/admin/undrain").json() == {"draining": False, "ready": True}
+    assert admin.get("/readyz", token=None).status_code == 200
+
+
+def test_draining_every_target_fails_readiness_and_requests(
+    make_gateway: Start, upstream: UpstreamServer
+) -> None:
+    admin = Admin()
+    spare = free_port()
+    gateway = make_gateway(admin.section() + ROUTES.format(upstream=upstream.url, spare=spare))
+    # The spare target is down (nothing listens): draining it leaves the good one in turn.
+    drained = admin.post(f"/admin/upstreams/main/targets/127.0.0.1:{spare}/drain")
+    assert drained.json() == {
+        "upstream": "main",
+        "target": f"http://127.0.0.1:{spare}",
+        "drained": True,
+    }
+    for _ in range(6):
+        assert httpx.get(gateway.url + "/api/x").status_code == 200
+    assert admin.get("/readyz", token=None).status_code == 200
+    host_port = upstream.url.removeprefix("http://")
+    assert admin.post(f"/admin/upstreams/main/targets/{host_port}/drain").status_code == 200
+    ready = admin.get("/readyz", token=None)
+    assert ready.status_code == 503
+    assert ready.json()["reasons"] == ["upstream 'main' has no healthy, undrained target"]
+    refused = httpx.get(gateway.url + "/api/x")
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "no_healthy_upstream"
+    targets = admin.get("/admin/upstreams").json()["upstreams"][0]["targets"]
+    assert [t["drained"] for t in targets] == [True, True]
+    assert admin.post(f"/admin/upstreams/main/targets/{host_port}/undrain").status_code == 200
+    assert admin.get("/readyz", token=None).status_code == 200
+    assert httpx.get(gateway.url + "/api/x").status_code == 200
+    assert admin.post("/admin/upstreams/main/targets/10.9.9.9:1/drain").status_code == 404
+    assert admin.post("/admin/upstreams/nope/targets/x:1/drain").status_code == 404
+    assert admin.get(f"/admin/upstreams/main/targets/{host_port}/drain").status_code == 405
+
+
+def test_readiness_follows_active_health_checks(make_gateway: Start, tmp_path: Path) -> None:
+    admin = Admin()
+    port = free_port()
+    text = admin.section() + (
+        f'[upstreams.main]\ntargets = ["http://127.0.0.1:{port}"]\n'
+        "[upstreams.main.health]\n"
+        'path = "/ok"\ninterval = 0.2\ntimeout = 1.0\n'
+        "unhealthy_threshold = 1\nhealthy_threshold = 1\n"
+        '[[routes]]\nname = "api"\npath = "/api"\nupstream = "main"\n'
+    )
+    try:
+        parse_config(tomllib.loads(text))
+    except ConfigError:
+        pytest.skip("active health checks ([upstreams.X.health]) are not in this tree yet")
+    make_gateway(text)
+
+    def status() -> int:
+        return admin.get("/readyz", token=None).status_code
+
+    wait_until(lambda: status() == 503, what="readiness to fail with every target down")
+    late = UpstreamServer(port=port)
+    late.start()
+    try:
+        wait_until(lambda: status() == 200, what="readiness once the target is up")
+    finally:
+        late.stop()
+
+
+def test_reload_applies_a_valid_config_and_keeps_the_old_on_error(
+    make_gateway: Start, upstream: UpstreamServer
+) -> None:
+    admin = Admin()
+    text = admin.section() + ONE.format(upstream=upstream.url)
+    gateway = make_gateway(text)
+    assert httpx.get(gateway.url + "/new/x").status_code == 404
+    before = admin.get("/admin/config").json()["version"]
+    gateway.config.write_text(text + '[[routes]]\nname = "new"\npath = "/new"\nupstream = "main"\n')
+    reloaded = admin.post("/admin/reload")
+    assert reloaded.status_code == 200, reloaded.text
+    body = reloaded.json()
+    assert body["previous_version"] == before
+    assert body["version"] == hashlib.sha256(gateway.config.read_bytes()).hexdigest()[:12]
+    assert httpx.get(gateway.url + "/new/x").status_code == 200
+
+    gateway.config.write_text(text + "[[routes]]\npath = 7\n")
+    refused = admin.post("/admin/reload")
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_config"
+    assert any("routes[1].path" in p for p in refused.json()["problems"])
+    assert httpx.get(gateway.url + "/new/x").status_code == 200  # the old config stays
+    assert admin.get("/admin/config").json()["version"] == body["version"]
+    samples = admin.scrape()
+    assert value(samples, "quartgate_config_reloads_total", result="success") == 1
+    assert value(samples, "quartgate_config_reloads_total", result="failure") == 1
+
+
+def test_several_workers_share_drains_and_reloads(
+    make_gateway: Start, upstream: UpstreamServer
+) -> None:
+    admin = Admin()
+    text = admin.section() + ONE.format(upstream=upstream.url)
+    gateway = make_gateway(text, workers=2)
+    pids: set[int] = set()
+
+    def both_workers() -> bool:
+        pids.add(admin.get("/healthz", token=None, fresh=True).json()["pid"])
+        return len(pids) == 2
+
+    wait_until(both_workers, timeout=20, what="both workers to answer")
+    assert admin.post("/admin/drain", fresh=True).status_code == 200
+    # Whichever worker answers, it reads the shared decision before answering.
+    for _ in range(30):
+        assert admin.get("/readyz", token=None, fresh=True).status_code == 503
+    assert admin.post("/admin/undrain", fresh=True).status_code == 200
+
+    gateway.config.write_text(text + '[[routes]]\nname = "new"\npath = "/new"\nupstream = "main"\n')
+    assert admin.post("/admin/reload", fresh=True).status_code == 200
+
+    def all_reloaded() -> bool:
+        answers = [
+            httpx.get(gateway.url + "/new/x", headers={"connection": "close"}).status_code
+            for _ in range(10)
+        ]
+        return answers == [200] * 10
+
+    wait_until(all_reloaded, what="every worker to reload")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_routes_prints_the_table(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[upstreams.main]\ntargets = ["http://127.0.0.1:9001"]\n'
+        '[[routes]]\nname = "users"\npath = "/users/{id}"\nmethods = ["GET"]\nupstream = "main"\n'
+        '[[routes]]\nname = "root"\npath = "/"\nupstream = "main"\nstrip_prefix = true\n'
+    )
+    done = run_cli("routes", "-c", str(config))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["ROUTE", "HOST", "PATH", "METHODS", "UPSTREAM", "REWRITE"]
+    assert lines[1].split() == [
+        "users",
+        "*",
+        "/users/{id}",
+        "GET,HEAD",
+        "main",
+        "(http://127.0.0.1:9001)",
+        "-",
+    ]
+    assert lines[2].split()[:3] == ["root", "*", "/"]
+    assert lines[2].split()[-1] == "strip_prefix"
+
+
+def test_cli_check_reports_observability_problems(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[admin]\nbind = "nowhere"\ntoken = "short"\n'
+        '[access_log]\nformat = "xml"\nsample = 2\n'
+        '[upstreams.main]\ntargets = ["http://127.0.0.1:9001"]\n'
+        '[[routes]]\npath = "/"\nupstream = "main"\n'
+    )
+    done = run_cli("check", "-c", str(config))
+    assert done.returncode == 1
+    for key in ("admin.bind", "admin.token", "access_log.format", "access_log.sample"):
+        assert f"{config}: {key}: " in done.stderr
+
+
+def test_serve_refuses_an_admin_port_that_is_public(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[admin]\nbind = "127.0.0.1:{port}"\n'
+        '[upstreams.main]\ntargets = ["http://127.0.0.1:9001"]\n'
+        '[[routes]]\npath = "/"\nupstream = "main"\n'
+    )
+    done = run_cli("serve", "-c", str(config), "--bind", f"127.0.0.1:{port}")
+    assert done.returncode == 1
+    assert "admin.bind" in done.stderr
+
+
+def test_without_a_token_the_admin_api_is_off(
+    make_gateway: Start, upstream: UpstreamServer
+) -> None:
+    port = free_port()
+    text = f'[admin]\nbind = "127.0.0.1:{port}"\n' + ONE.format(upstream=upstream.url)
+    make_gateway(text)
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(base + "/healthz").status_code == 200
+    off = httpx.post(base + "/admin/reload", headers={"authorization": "Bearer anything"})
+    assert off.status_code == 404
+    assert off.json()["error"] == "admin_api_disabled"
