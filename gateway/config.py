@@ -65,6 +65,9 @@ class GatewaySettings:
     traceparent: str = "propagate"
     #: More request header lines than this is answered 431 (Envoy's default is 100).
     max_header_count: int = 100
+    #: Request header names and values larger than this in total are answered 431. h11's
+    #: own cap (Hypercorn's h11_max_incomplete_size) misses a block that arrives in one read.
+    max_header_size: int = 16384
     #: Seconds a client may pause between request body chunks (408 beyond); 0: no limit.
     body_timeout: float = 60.0
 
@@ -206,15 +209,19 @@ def _gateway(reader: ConfigReader, raw: Any) -> GatewaySettings:
     body_timeout = reader.take(
         table, "gateway", "body_timeout", float, default.body_timeout, _non_negative
     )
+    header_size = reader.take(
+        table, "gateway", "max_header_size", int, default.max_header_size, _positive
+    )
     reader.leftovers(table, "gateway")
     return GatewaySettings(
         tuple(networks),
         header.lower(),
         max_body,
-        slashes,
-        trace,
-        header_count,
-        body_timeout,
+        escaped_slashes=slashes,
+        traceparent=trace,
+        max_header_count=header_count,
+        max_header_size=header_size,
+        body_timeout=body_timeout,
     )
 
 

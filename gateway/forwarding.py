@@ -37,9 +37,7 @@ class Forwarding:
     headers: tuple[tuple[bytes, bytes], ...]
 
 
-def untrusted_headers(
-    peer: str, scheme: str, host: bytes
-) -> tuple[tuple[bytes, bytes], ...]:
+def untrusted_headers(peer: str, scheme: str, host: bytes) -> tuple[tuple[bytes, bytes], ...]:
     """The forwarding headers for a peer that is not trusted: what the gateway saw."""
     proto = b"https" if scheme == "https" else b"http"
     if host:

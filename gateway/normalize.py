@@ -36,9 +36,7 @@ _SAFE: Final = "!$&'()*+,;=:@-._~"
 
 def needs_normalizing(raw_path: bytes) -> bool:
     """The fast test: False for the common clean origin-form path."""
-    return (
-        raw_path[:1] != b"/" or b"%" in raw_path or b"//" in raw_path or b"/." in raw_path
-    )
+    return raw_path[:1] != b"/" or b"%" in raw_path or b"//" in raw_path or b"/." in raw_path
 
 
 def split_absolute(raw_target: bytes) -> tuple[bytes, bytes] | None:

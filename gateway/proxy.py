@@ -86,6 +86,10 @@ class Proxy:
                 raise GatewayError(
                     431, "too_many_headers", f"more than {settings.max_header_count} headers"
                 )
+            if sum([len(n) + len(v) for n, v in scope["headers"]]) > settings.max_header_size:
+                raise GatewayError(
+                    431, "headers_too_large", f"headers over {settings.max_header_size} bytes"
+                )
             if scope["method"] not in ALL_METHODS:
                 raise GatewayError(
                     501, "method_not_implemented", f"method {scope['method']} is not supported"

@@ -145,7 +145,7 @@ def test_forwarded_rfc7239_used_without_xff() -> None:
     found = resolve(headers_of(("forwarded", value)), "10.0.0.1", "http", b"h", TRUSTED)
     assert found.client_ip == "2001:db8::1"
     out = dict(found.headers)
-    assert out[b"forwarded"].endswith(b', for=10.0.0.1;proto=http;host=h')
+    assert out[b"forwarded"].endswith(b", for=10.0.0.1;proto=http;host=h")
     assert parse_forwarded(value.encode())[0] == {
         "for": "192.0.2.60",
         "proto": "https",

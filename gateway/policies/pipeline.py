@@ -46,9 +46,7 @@ def parse_route_policies(
     return {k: v for k, v in options.items() if v is not None}
 
 
-def check_routes(
-    reader: ConfigReader, routes: tuple[RouteSpec, ...], edge: EdgeSettings
-) -> None:
+def check_routes(reader: ConfigReader, routes: tuple[RouteSpec, ...], edge: EdgeSettings) -> None:
     """Cross-section checks: names of providers and consumers, a [redis] when needed."""
     for index, spec in enumerate(routes):
         prefix = f"routes[{index}]"

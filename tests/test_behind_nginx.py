@@ -1,0 +1,71 @@
+"""A real nginx in front of the gateway: the client identity is the right-most untrusted hop
+of the chain nginx builds, and a client cannot forge it by sending X-Forwarded-For."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.edge import NGINX, nginx_in_front
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import UpstreamServer
+
+pytestmark = pytest.mark.skipif(
+    not os.access(NGINX, os.X_OK), reason="nginx not installed (scripts/setup.sh installs it)"
+)
+
+CONFIG = """
+[gateway]
+trusted_proxies = ["127.0.0.1/32"]
+
+[upstreams.main]
+targets = ["{upstream}"]
+
+[[routes]]
+name = "api"
+path = "/api"
+upstream = "main"
+[routes.headers]
+request_set = {{ x-client = "{{client_ip}}" }}
+"""
+
+
+@pytest.fixture(scope="module")
+def nginx_port(upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    folder = tmp_path_factory.mktemp("nginx")
+    config = folder / "gateway.toml"
+    config.write_text(CONFIG.format(upstream=upstream.url))
+    gateway = GatewayProcess(config).start()
+    try:
+        with nginx_in_front(folder / "nginx", gateway.port) as port:
+            yield port
+    finally:
+        assert gateway.stop() == 0, gateway.logs()
+
+
+def via_nginx(port: int, source: str, headers: dict[str, str]) -> dict[str, str]:
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, timeout=10) as client:
+        response = client.get(f"http://127.0.0.1:{port}/api/who", headers=headers)
+    assert response.status_code == 200, response.text
+    return dict(tuple(h) for h in json.loads(response.content)["headers"])
+
+
+def test_client_behind_nginx_is_identified(nginx_port: int) -> None:
+    # 127.0.0.5 is a client nginx sees; only nginx (127.0.0.1) is a trusted proxy.
+    seen = via_nginx(nginx_port, "127.0.0.5", {})
+    assert seen["x-client"] == "127.0.0.5"
+    assert seen["x-forwarded-for"] == "127.0.0.5, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "https"  # set by nginx, believed from a trusted peer
+    assert seen["x-forwarded-host"] == "public.example.com"
+
+
+def test_client_cannot_forge_its_address_through_nginx(nginx_port: int) -> None:
+    seen = via_nginx(nginx_port, "127.0.0.5", {"x-forwarded-for": "203.0.113.66"})
+    # nginx appended the real peer; the walk stops at the right-most untrusted hop.
+    assert seen["x-client"] == "127.0.0.5"
+    assert seen["x-forwarded-for"] == "203.0.113.66, 127.0.0.5, 127.0.0.1"
