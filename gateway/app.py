@@ -15,6 +15,7 @@ from gateway.config import ConfigError, GatewayConfig, Problem
 from gateway.errors import error_body
 from gateway.observability.runtime import Observability
 from gateway.proxy import Proxy
+from gateway.reload import HotReload
 from gateway.state import APP_MOUNT, build_state
 
 
@@ -56,9 +57,22 @@ def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
     proxy = Proxy(cast(ASGIApp, app.asgi_app), state)
     app.asgi_app = observability.install(app, proxy)  # type: ignore[method-assign,assignment]
     app.extensions["quartgate"] = proxy
+    # Hot reload (docs/reload.md): SIGHUP, `quartgate reload`, or the admin API.
+    reloader = HotReload(proxy)
+    reloader.prepare.append(observability.apply_control)
+    observability.reloader = reloader.reload
+    reloader.on_signal = observability._reload_quietly  # counted in the reload metrics
+    app.extensions["quartgate.reload"] = reloader
+
+    @app.before_serving
+    async def start_background() -> None:
+        proxy.state.start()  # active health checks run in the serving loop
+        reloader.install_signal()
 
     @app.after_serving
     async def close_upstreams() -> None:
+        reloader.remove_signal()
+        await reloader.aclose()
         await proxy.state.aclose()
 
     return app

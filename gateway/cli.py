@@ -23,6 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("-b", "--bind", action="append", help="HOST:PORT (repeatable)")
     serve.add_argument("-w", "--workers", type=int, help="worker processes")
+    serve.add_argument("--pid-file", help="write the server's pid here (for quartgate reload)")
+
+    reload = commands.add_parser(
+        "reload", help="check a config, then have the running gateway load it again (SIGHUP)"
+    )
+    reload.add_argument("-c", "--config", default="gateway.toml", help="the file it serves")
+    target = reload.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pid-file", help="the pid file given to quartgate serve")
+    target.add_argument("--pid", type=int, help="the pid of quartgate serve")
 
     check = commands.add_parser("check", help="validate a config and print its route table")
     check.add_argument("-c", "--config", default="gateway.toml")
@@ -33,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "reload":
+        from gateway.runner import reload_command
+
+        return reload_command(args.config, args.pid_file, args.pid)
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -77,8 +90,7 @@ def route_table(config: GatewayConfig) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hypercorn.run import run
-
+    from gateway.runner import serve
     from gateway.server import load_server_config
 
     config_path = Path(args.config).resolve()
@@ -91,6 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(config_path)  # fail here, with every reason, not inside a worker
         server = load_server_config(server_path, bind=args.bind, workers=args.workers)
         add_admin_bind(config, server)
+        if args.pid_file:
+            server.pid_path = args.pid_file
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
@@ -98,7 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
     if server.workers == 1:
         server.workers = 0  # serve in this process: no supervisor needed for one worker
     with shared_runtime(server.workers):
-        return run(server) or 0
+        return serve(server)  # drain on SIGTERM, reload on SIGHUP (gateway/runner.py)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ from gateway.asgi_types import Send
 from upstreams.errors import (
     NoHealthyTarget,
     PoolExhausted,
+    RouteTimeout,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
@@ -59,7 +61,16 @@ def from_upstream(error: UpstreamError, upstream: str) -> GatewayError:
             503, "upstream_busy", f"upstream {upstream!r}: {error}", [(b"retry-after", b"1")]
         )
     if isinstance(error, NoHealthyTarget):  # Envoy's "no healthy upstream"
-        return GatewayError(503, "no_healthy_upstream", f"upstream {upstream!r}: {error}")
+        wait = b"%d" % error.retry_after
+        return GatewayError(
+            503, "no_healthy_upstream", f"upstream {upstream!r}: {error}", [(b"retry-after", wait)]
+        )
+    if isinstance(error, UpstreamOverloaded):  # the per-upstream cap on requests in flight
+        return GatewayError(
+            503, "upstream_overloaded", f"upstream {upstream!r}: {error}", [(b"retry-after", b"1")]
+        )
+    if isinstance(error, RouteTimeout):  # the route's deadline across all tries
+        return GatewayError(504, "route_timeout", str(error))
     if isinstance(error, UpstreamTimeout):
         return GatewayError(504, "upstream_timeout", f"upstream {upstream!r}: {error}")
     if isinstance(error, UpstreamConnectError):

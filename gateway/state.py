@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.context import Observer, Policy
@@ -10,6 +12,7 @@ from gateway.headers import TrustedProxies
 from gateway.policies.pipeline import Resources, build_policies
 from routes.matching import RouteTable
 from routes.model import Route
+from upstreams.retry import RetryPolicy
 from upstreams.upstream import Upstream
 
 APP_MOUNT = "/_quartgate/upstreams/"
@@ -26,6 +29,8 @@ class RouteRuntime:
     mount: str = ""
     #: The route's pipeline, in order; empty for most routes, so the hot path skips it.
     policies: tuple[Policy, ...] = ()
+    #: The route's deadline and retry policy for its upstream; None: the upstream's default.
+    retry: RetryPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,19 @@ class GatewayState:
     observers: tuple[Observer, ...] = field(default=())
     #: What route policies share (a Redis client); closed with the snapshot.
     resources: Resources | None = None
+
+    def start(self) -> None:
+        """Start what runs in the background (active health checks), in the serving loop."""
+        for upstream in self.upstreams.values():
+            upstream.start()
+
+    async def retire(self) -> None:
+        """A reload replaced this snapshot: close each upstream once its requests are done."""
+        try:
+            await asyncio.gather(*(u.retire() for u in self.upstreams.values()))
+        finally:
+            if self.resources is not None:
+                await self.resources.aclose()
 
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():
@@ -66,6 +84,7 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
             spec.preserve_host,
             mount,
             build_policies(spec, resources),
+            _retry_policy(spec.options) if upstream is not None else None,
         )
     settings = config.gateway
     return GatewayState(
@@ -76,6 +95,15 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
         settings.request_id_header.encode("ascii"),
         TrustedProxies(settings.trusted_proxies),
         settings.max_body_size,
-        resources=resources,
         observers=observers,
+        resources=resources,
     )
+
+
+def _retry_policy(options: dict[str, Any]) -> RetryPolicy | None:
+    """One policy object per route, built here once; None when the route sets neither key."""
+    retry = options.get("retry")
+    timeout = options.get("timeout", 0.0)
+    if retry is None and not timeout:
+        return None
+    return RetryPolicy(retry, timeout)

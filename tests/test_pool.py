@@ -288,11 +288,12 @@ async def test_httpx_client_api_over_the_same_pool() -> None:
 
 
 def test_weighted_balancer_is_smooth_and_proportional() -> None:
+    from tests.test_resilience_balancing import names, targets
     from upstreams.balancer import make_balancer
 
-    balancer = make_balancer("weighted", ["a", "b", "c"], [5, 1, 1])
-    picks = [balancer.pick() for _ in range(7)]
+    balancer = make_balancer("weighted", targets(a=5, b=1, c=1))
+    picks = names(balancer, 7)
     assert sorted(picks) == ["a"] * 5 + ["b", "c"]
     assert picks[:2] == ["a", "a"] and "b" in picks[2:4]
-    rr = make_balancer("round_robin", ["a", "b"], [1, 1])
-    assert [rr.pick() for _ in range(4)] == ["a", "b", "a", "b"]
+    rr = make_balancer("round_robin", targets(a=1, b=1))
+    assert names(rr, 4) == ["a", "b", "a", "b"]

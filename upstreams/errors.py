@@ -36,3 +36,14 @@ class PoolExhausted(UpstreamError):
 
 class NoHealthyTarget(UpstreamError):
     """Every target of the upstream is drained (or failing its health checks)."""
+
+    #: Seconds after which a target may be back (for ``Retry-After``).
+    retry_after: float = 1.0
+
+
+class UpstreamOverloaded(UpstreamError):
+    """The upstream already has ``max_requests`` requests in flight."""
+
+
+class RouteTimeout(UpstreamError):
+    """The route's total deadline (``timeout``) passed before a response head arrived."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from upstreams.retry import RetryPolicy
 
 Headers = list[tuple[bytes, bytes]]
 Body = bytes | AsyncIterator[bytes]
@@ -27,6 +31,12 @@ class UpstreamRequest:
     host: bytes | None = None
     #: Set by the sender: the target URL the request went to (for logs and metrics).
     sent_to: str = ""
+    #: The route's deadline and retry policy; None: the upstream's default.
+    policy: RetryPolicy | None = None
+    #: The client address, for balancers that hash on it.
+    client: str = ""
+    #: Set by the upstream: how many times the request was retried.
+    retries: int = 0
 
 
 @dataclass(slots=True)

@@ -49,7 +49,10 @@ class ConnectionPool:
         self._idle: deque[H1Connection] = deque()
         self._waiters: deque[asyncio.Future[H1Connection | None]] = deque()
         self._total = 0
+        #: No connection is kept once released (set by ``retire`` and ``aclose``).
         self._closed = False
+        #: No new connection is handed out (set by ``aclose``).
+        self._refusing = False
         self._ssl: ssl.SSLContext | None = (
             ssl.create_default_context() if target.scheme == "https" else None
         )
@@ -143,7 +146,7 @@ class ConnectionPool:
     # ---- pool ----------------------------------------------------------------------------
 
     async def _acquire(self) -> tuple[H1Connection, bool]:
-        if self._closed:
+        if self._refusing:
             raise UpstreamConnectError(f"pool for {self.target.url} is closed")
         idle = self._idle
         if idle:
@@ -247,8 +250,19 @@ class ConnectionPool:
         waiting = sum(1 for w in self._waiters if not w.done())
         return PoolStats(self._total - len(self._idle), len(self._idle), waiting)
 
+    def retire(self) -> None:
+        """After a reload: close idle connections now, busy ones once their response ends.
+
+        Requests that still hold the old snapshot may open new connections; each is closed
+        after its one use, so the pool empties as its last requests finish.
+        """
+        self._closed = True
+        while self._idle:
+            self._drop(self._idle.pop())
+
     async def aclose(self) -> None:
         self._closed = True
+        self._refusing = True
         while self._idle:
             self._drop(self._idle.pop())
         while self._waiters:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from upstreams.breaker import BreakerSpec
+from upstreams.health import HealthSpec
+
 
 @dataclass(frozen=True, slots=True)
 class TargetSpec:
@@ -38,4 +41,13 @@ class UpstreamSpec:
     write_timeout: float = 30.0
     pool_timeout: float = 5.0
     http2: bool = False
+    #: round_robin, weighted, least_outstanding or hash (docs/resilience.md).
     balancer: str = "round_robin"
+    #: What the hash balancer hashes: "client_ip" or "header:NAME" (client_ip if absent).
+    hash_on: str = "client_ip"
+    #: Requests in flight to this upstream beyond which it answers 503; 0: no cap.
+    max_requests: int = 0
+    #: ``[upstreams.NAME.health]``: active health checks; None: none.
+    health: HealthSpec | None = None
+    #: ``[upstreams.NAME.breaker]``: passive health (circuit breaker); None: none.
+    breaker: BreakerSpec | None = None

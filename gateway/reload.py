@@ -1,0 +1,106 @@
+"""Hot reload: load the config file again and swap the gateway's snapshot, losing nothing.
+
+New requests take the new snapshot (``Proxy.state`` is read once per request); requests in
+flight finish on the old one, whose upstreams close once those requests are done. A file
+that does not load is refused with every ``file: key: reason`` logged, and the old
+snapshot stays. Triggered by SIGHUP (``quartgate reload`` sends it), or by whoever holds
+the :class:`HotReload` (the admin API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from gateway.config import ConfigError, GatewayConfig, Problem, load_config
+from gateway.state import GatewayState, build_state
+
+if TYPE_CHECKING:
+    from gateway.proxy import Proxy
+
+log = logging.getLogger("quartgate")
+
+
+class HotReload:
+    """Reloads one app's :class:`Proxy` snapshot from its config file."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self._proxy = proxy
+        #: Called with each new snapshot before it is swapped in (operator drains, ...).
+        self.prepare: list[Callable[[GatewayState], None]] = []
+        #: What a SIGHUP runs; the admin layer may wrap :meth:`reload` to count results.
+        self.on_signal: Callable[[], Awaitable[object]] = self.reload_logged
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._lock = asyncio.Lock()
+
+    async def reload(self) -> GatewayConfig:
+        """Swap in a snapshot built from the file again; raise :class:`ConfigError` if not."""
+        async with self._lock:  # two SIGHUPs in a row: one reload after the other
+            old = self._proxy.state
+            config = load_config(old.config.source)
+            if config.app_upstreams != old.config.app_upstreams:
+                raise ConfigError(
+                    [
+                        Problem(
+                            config.source,
+                            "upstreams",
+                            "in-process app upstreams changed: that needs a restart",
+                        )
+                    ]
+                )
+            state = build_state(config, old.observers)
+            for hook in self.prepare:
+                hook(state)
+            state.start()
+            self._proxy.state = state
+            self._keep(asyncio.ensure_future(old.retire()))
+            return config
+
+    async def reload_logged(self) -> GatewayConfig | None:
+        try:
+            config = await self.reload()
+        except ConfigError as error:
+            log.error(
+                "config reload refused, the running config stays:\n%s",
+                "\n".join(str(p) for p in error.problems),
+            )
+            return None
+        log.info(
+            "config reloaded from %s: %d routes, %d upstreams",
+            config.source,
+            len(config.routes),
+            len(config.upstreams) + len(config.app_upstreams),
+        )
+        return config
+
+    def install_signal(self) -> None:
+        """Reload on SIGHUP in this process's event loop (where signals can be handled)."""
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (NotImplementedError, RuntimeError, ValueError):  # no signals here (a thread)
+            return
+
+    def remove_signal(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    def _on_sighup(self) -> None:
+        self._keep(asyncio.ensure_future(self.on_signal()))
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Server shutdown: stop waiting; retiring snapshots close their upstreams now."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
