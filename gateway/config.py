@@ -21,13 +21,13 @@ from gateway.normalize import ESCAPED_SLASH_ACTIONS as SLASH_ACTIONS
 from gateway.observability.settings import ObservabilitySettings, parse_observability
 from gateway.policies.pipeline import check_routes, parse_route_policies
 from gateway.policies.settings import EdgeSettings, parse_edge
+from gateway.resilience_config import parse_route_resilience, parse_upstream_resilience
 from gateway.tracing import TRACE_MODES
 from routes.model import ALL_METHODS, RouteSpec, validate_path
 from upstreams.settings import TargetSpec, UpstreamSpec
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-BALANCERS = ("round_robin", "weighted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +269,7 @@ def _upstreams(
                 entry, prefix, "pool_timeout", float, d.pool_timeout, _positive
             ),
             http2=reader.take(entry, prefix, "http2", bool, d.http2),
-            balancer=reader.take(entry, prefix, "balancer", str, d.balancer, _one_of(BALANCERS)),
+            **parse_upstream_resilience(reader, entry, prefix),
         )
         reader.leftovers(entry, prefix)
         upstreams[name] = spec
@@ -347,6 +347,7 @@ def _routes(reader: ConfigReader, raw: Any, upstream_names: set[str]) -> tuple[R
         strip_prefix = reader.take(entry, prefix, "strip_prefix", bool, False)
         preserve_host = reader.take(entry, prefix, "preserve_host", bool, False)
         options = parse_route_policies(reader, entry, prefix, path)
+        options.update(parse_route_resilience(reader, entry, prefix))
         reader.leftovers(entry, prefix)
         if "path" not in body:
             reader.problem(f"{prefix}.path", "is required")

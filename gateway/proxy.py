@@ -244,6 +244,8 @@ class Proxy:
             body,
             length,
             host if runtime.preserve_host else None,
+            policy=runtime.retry,
+            client=ctx.client_ip,
         )
         # -- exchange ----------------------------------------------------------------------
         loop = asyncio.get_running_loop()
@@ -258,6 +260,7 @@ class Proxy:
                 raise from_upstream(error, upstream.name) from None
             finally:
                 ctx.upstream_time = loop.time() - ctx.upstream_start
+                ctx.retries = request.retries
             ctx.upstream_target = request.sent_to
             await self._respond(response, send, runtime, ctx)
         except asyncio.CancelledError:
