@@ -5,10 +5,10 @@ span for the upstream exchange. Both are made when the request has finished, fro
 the request context recorded, so tracing adds no await and no work before the response; the
 SDK's batch processor exports them from its own thread.
 
-When the proxy records the ``traceparent`` it sent upstream in
-``ctx.extra["traceparent_upstream"]`` (bytes), the CLIENT span takes that span id, so the
-upstream's own spans hang under it; otherwise they hang under the gateway's trace only by
-trace id. This module is imported only when ``[tracing]`` is configured.
+The proxy records the ``traceparent`` it sent upstream in ``ctx.traceparent`` (W3C
+propagation, ``[gateway] traceparent``): the CLIENT span takes that span id, and a trace
+the gateway started takes that trace id, so the upstream's own spans hang under the CLIENT
+span. This module is imported only when ``[tracing]`` is configured.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ _TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
 class _PresetIds(IdGenerator):
-    """Random ids, except a span id set just before a span is started (see module doc)."""
+    """Random ids, except ids set just before a span is started (see module doc)."""
 
     def __init__(self) -> None:
         self.next_span_id: int | None = None
+        self.next_trace_id: int | None = None
 
     def generate_span_id(self) -> int:
         preset = self.next_span_id
@@ -54,6 +55,10 @@ class _PresetIds(IdGenerator):
         return random.getrandbits(64) or 1
 
     def generate_trace_id(self) -> int:
+        preset = self.next_trace_id
+        if preset is not None:
+            self.next_trace_id = None
+            return preset
         return random.getrandbits(128) or 1
 
 
@@ -90,6 +95,9 @@ class TracingObserver:
             if name in _TRACE_HEADERS:
                 carrier[name.decode("ascii")] = value.decode("latin-1")
         parent = _PROPAGATOR.extract(carrier) if carrier else None
+        sent = _sent_traceparent(ctx)
+        if sent is not None and not trace.get_current_span(parent).get_span_context().is_valid:
+            self._ids.next_trace_id = _hex(sent[3:35])  # the trace the proxy started
         method = scope["method"]
         route = ctx.route.name if ctx.route is not None else ""
         span = self.tracer.start_span(
@@ -99,19 +107,15 @@ class TracingObserver:
             start_time=wall(ctx.start),
             attributes=_server_attributes(ctx, route),
         )
+        self._ids.next_trace_id = None
         if span.is_recording() and ctx.upstream_start:
+            self._ids.next_span_id = _hex(sent[36:52]) if sent is not None else None
             self._upstream_span(ctx, span, wall)
         if ctx.status >= 500 or ctx.status == 0:
             span.set_status(Status(StatusCode.ERROR, ctx.error or None))
         span.end(end_time=now_ns)
 
     def _upstream_span(self, ctx: RequestContext, parent: trace.Span, wall: Any) -> None:
-        sent = ctx.extra.get("traceparent_upstream")
-        if isinstance(sent, bytes) and len(sent) >= 52:
-            try:
-                self._ids.next_span_id = int(sent[36:52], 16)
-            except ValueError:
-                self._ids.next_span_id = None
         attributes: dict[str, Any] = {"quartgate.upstream": ctx.upstream}
         if ctx.upstream_target:
             attributes["url.full"] = ctx.upstream_target + ctx.scope["raw_path"].decode("latin-1")
@@ -152,3 +156,17 @@ def _server_attributes(ctx: RequestContext, route: str) -> dict[str, Any]:
     if ctx.error:
         attributes["error.type"] = ctx.error
     return attributes
+
+
+def _sent_traceparent(ctx: RequestContext) -> bytes | None:
+    sent = getattr(ctx, "traceparent", None)
+    if isinstance(sent, bytes) and len(sent) >= 55 and _hex(sent[3:35]) and _hex(sent[36:52]):
+        return sent
+    return None
+
+
+def _hex(value: bytes) -> int | None:
+    try:
+        return int(value, 16) or None
+    except ValueError:
+        return None
