@@ -8,9 +8,9 @@ Hypercorn decoded it and forwarded byte-exact. Anything else takes the slow path
   used as the Host for matching (RFC 9112 3.2.2), never to choose where to connect;
 - other forms (``*``, authority-form) are refused (400);
 - invalid percent-escapes and escaped control characters (``%00``, ``%0d`` ...) are refused;
-- escaped slashes (``%2F``, ``%5C``) are separators for matching (``keep``, Envoy's
-  KEEP_UNCHANGED but matched as the upstream that decodes them would) or refused
-  (``reject``);
+- escaped slashes (``%2F``, ``%5C``) and raw backslashes are separators for matching
+  (``keep``: Envoy's KEEP_UNCHANGED, but matched as an upstream that decodes them would)
+  or refused (``reject``);
 - ``.`` / ``..`` segments (also as ``%2e``) are resolved and empty segments merged
   (Envoy's ``normalize_path`` + ``merge_slashes``); ``..;x`` style segments (Tomcat path
   parameters on dot segments) are refused.
@@ -36,7 +36,13 @@ _SAFE: Final = "!$&'()*+,;=:@-._~"
 
 def needs_normalizing(raw_path: bytes) -> bool:
     """The fast test: False for the common clean origin-form path."""
-    return raw_path[:1] != b"/" or b"%" in raw_path or b"//" in raw_path or b"/." in raw_path
+    return (
+        raw_path[:1] != b"/"
+        or b"%" in raw_path
+        or b"//" in raw_path
+        or b"/." in raw_path
+        or b"\\" in raw_path
+    )
 
 
 def split_absolute(raw_target: bytes) -> tuple[bytes, bytes] | None:
@@ -69,9 +75,12 @@ def normalize_path(raw_path: bytes, escaped_slashes: str = "keep") -> tuple[str,
     raw_segments = raw_path[1:].split(b"/")
     last = len(raw_segments) - 1
     for index, raw in enumerate(raw_segments):
-        pieces = _unescape(raw).split(b"/") if b"%" in raw else [raw]
+        decoded_raw = _unescape(raw) if b"%" in raw else raw
+        if b"\\" in decoded_raw:
+            decoded_raw = decoded_raw.replace(b"\\", b"/")  # as IIS and some routers read it
+        pieces = decoded_raw.split(b"/")
         if len(pieces) > 1 and reject_slashes:
-            raise GatewayError(400, "bad_request", "escaped slash in path")
+            raise GatewayError(400, "bad_request", "escaped slash or backslash in path")
         for number, segment in enumerate(pieces):
             final = index == last and number == len(pieces) - 1
             if segment == b"..":
@@ -106,7 +115,7 @@ def normalize_path(raw_path: bytes, escaped_slashes: str = "keep") -> tuple[str,
 def _unescape(raw: bytes) -> bytes:
     """Percent-decode one segment; invalid escapes and control characters are refused.
 
-    A decoded backslash counts as a slash: some upstreams (IIS, some routers) treat it so.
+    A decoded backslash becomes a slash: some upstreams (IIS, some routers) treat it so.
     """
     out = bytearray()
     i = 0

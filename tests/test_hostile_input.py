@@ -178,6 +178,8 @@ def test_connect_and_unknown_methods_are_refused(gateway: GatewayProcess) -> Non
         b"/public/..%2Fadmin",
         b"/public/.%2e/admin",
         b"/./admin",
+        b"/public\\..\\admin",
+        b"/public/..%5Cadmin",
     ],
 )
 def test_normalised_path_cannot_bypass_a_protected_route(

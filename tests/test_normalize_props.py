@@ -33,6 +33,8 @@ from routes.model import RouteSpec
         (b"/api/..%5Cadmin", "/admin", b"/admin"),
         (b"/raw/a%2Fb%20c/%7Euser;p=1", "/raw/a/b c/~user;p=1", b"/raw/a%2Fb%20c/%7Euser;p=1"),
         (b"/x/%C3%A9", "/x/\u00e9", b"/x/%C3%A9"),
+        (b"/a\\b", "/a/b", b"/a\\b"),
+        (b"/public\\..\\admin", "/admin", b"/admin"),
         (b"/a.b/c..d/.e", "/a.b/c..d/.e", b"/a.b/c..d/.e"),
     ],
 )
@@ -53,6 +55,8 @@ def test_normalize_refuses_hostile(raw: bytes) -> None:
 def test_escaped_slash_reject_mode() -> None:
     with pytest.raises(GatewayError):
         normalize_path(b"/api/a%2Fb", "reject")
+    with pytest.raises(GatewayError):
+        normalize_path(b"/api/a\\b", "reject")
     assert normalize_path(b"/api/a-b", "reject") == ("/api/a-b", b"/api/a-b")
 
 
@@ -68,7 +72,7 @@ def test_absolute_form_split() -> None:
 
 SEGMENTS = st.sampled_from(
     ["a", "b", "api", "admin", ".", "..", "%2e", "%2E%2e", ".%2e", "", "%2F", "%5C",
-     "..%2F", "%2F..", "x%2Fy", "%41", "~", "a.b", "%20"]
+     "..%2F", "%2F..", "x%2Fy", "%41", "~", "a.b", "%20", "a\\b", "..\\", "\\.."]
 )  # fmt: skip
 
 
