@@ -7,9 +7,15 @@ Hypercorn's own runner (``hypercorn.run.run``) does not fit a gateway on two poi
   refused with its reasons logged and the workers keep serving; a good one is passed on as
   SIGHUP to each worker, which swaps its snapshot in place (gateway/reload.py), so no
   connection is dropped and in-flight requests finish on the old upstreams.
-- On SIGTERM it stops listening and closes idle keep-alive connections, but responses still
-  in flight go out as keep-alive: a client that sends its next request on such a connection
-  meets a close. Here, from SIGTERM on, every response carries ``Connection: close``.
+- On SIGTERM it stops listening and at once closes every keep-alive connection that is
+  between two requests, and responses still in flight go out as keep-alive: under steady
+  load, clients whose next request is on its way meet a closed connection ("server
+  disconnected without sending a response"). Here SIGTERM starts a drain first: the
+  listening sockets stop accepting (new connections are refused, which any client or load
+  balancer may safely retry), every response from then on says ``Connection: close``
+  (HTTP/2: GOAWAY), and busy keep-alive clients get their next request answered and leave.
+  Once no client connection is left, or after ``LINGER`` seconds, Hypercorn's own shutdown
+  runs: idle connections close and requests in flight get ``graceful_timeout``.
 
 Everything else is Hypercorn's: the same ``worker_serve``, sockets made by its config and
 inherited by spawned workers, and ``graceful_timeout`` for requests in flight.
@@ -18,20 +24,24 @@ inherited by spawned workers, and ``graceful_timeout`` for requests in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 from multiprocessing.connection import wait
 from multiprocessing.synchronize import Event
 from typing import Any
 
 from hypercorn.config import Config, Sockets
 
-from gateway.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from gateway.config import ConfigError, load_config
 
 log = logging.getLogger("quartgate")
+
+#: Longest wait, after SIGTERM, for keep-alive clients to take their Connection: close.
+LINGER = 2.0
 
 
 def serve(config: Config) -> int:
@@ -83,6 +93,8 @@ def run_worker(config: Config, sockets: Sockets | None = None, ready: Event | No
     from hypercorn.utils import load_application
 
     app: Any = load_application(config.application_path, config.wsgi_max_body_size)
+    if sockets is None:
+        sockets = config.create_sockets()
     loop_factory = None
     if config.worker_class == "uvloop":
         import uvloop
@@ -96,21 +108,31 @@ def run_worker(config: Config, sockets: Sockets | None = None, ready: Event | No
         runner.run(_serve(app, config, sockets, ready))
 
 
-async def _serve(app: Any, config: Config, sockets: Sockets | None, ready: Event | None) -> None:
+async def _serve(app: Any, config: Config, sockets: Sockets, ready: Event | None) -> None:
     from hypercorn.asyncio.run import worker_serve
 
     quart = app.app  # Hypercorn's ASGI wrapper around the Quart app
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    draining = asyncio.Event()
 
     def on_stop() -> None:
-        if stop.is_set():
+        if draining.is_set():
             return
         log.info(
             "stopping: no new connections; in-flight requests get %gs", config.graceful_timeout
         )
-        quart.asgi_app = CloseConnections(quart.asgi_app)
-        stop.set()
+        # Hypercorn says "Connection: close" (HTTP/2: GOAWAY) once a connection has served
+        # keep_alive_max_requests; 0 makes that every response from now on, at no cost.
+        config.keep_alive_max_requests = 0
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            _stop_accepting(loop, sock)
+        draining.set()
+
+    async def drained() -> None:
+        await draining.wait()
+        until = loop.time() + min(LINGER, config.graceful_timeout)
+        while loop.time() < until and _client_connections():
+            await asyncio.sleep(0.02)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop)
@@ -121,31 +143,29 @@ async def _serve(app: Any, config: Config, sockets: Sockets | None, ready: Event
 
         quart.before_serving(signal_ready)
 
-    await worker_serve(app, config, sockets=sockets, shutdown_trigger=stop.wait)
+    await worker_serve(app, config, sockets=sockets, shutdown_trigger=drained)
 
 
-class CloseConnections:
-    """While draining: every HTTP/1 response says ``Connection: close``, so keep-alive
-    clients open their next connection elsewhere instead of racing the server's close."""
+def _stop_accepting(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """New connections are refused from now on; accepted ones are untouched.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    ``shutdown`` on a listening socket is what refuses them (for every worker sharing it);
+    the reader is removed first so an asyncio loop does not spin on a socket that can no
+    longer accept (uvloop's accept is not a reader and ignores this).
+    """
+    with contextlib.suppress(OSError, ValueError, NotImplementedError):
+        loop.remove_reader(sock.fileno())
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("http_version") not in ("1.0", "1.1"):
-            await self.app(scope, receive, send)
-            return
 
-        async def closing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [
-                    (n, v) for n, v in message.get("headers", ()) if n.lower() != b"connection"
-                ]
-                headers.append((b"connection", b"close"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, closing)
+def _client_connections() -> int:
+    """Client connections still open in this worker (Hypercorn's per-connection tasks)."""
+    return sum(
+        1
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "").endswith("._server_callback")
+    )
 
 
 def _worker_main(config: Config, sockets: Sockets, ready: Event) -> None:

@@ -1,0 +1,87 @@
+"""Graceful shutdown: under steady load, SIGTERM loses no request the gateway accepted."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.support.faulty import FaultyUpstream
+from tests.support.gateway import GatewayProcess
+
+CONFIG = """
+[upstreams.api]
+targets = ["{url}"]
+
+[[routes]]
+path = "/api"
+upstream = "api"
+"""
+
+
+@pytest.fixture
+def upstream() -> Iterator[FaultyUpstream]:
+    server = FaultyUpstream("a").start()
+    yield server
+    server.close()
+
+
+class Load:
+    """Clients sending request after request on keep-alive connections until refused."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.ok = 0
+        self.closing = 0  # responses that said Connection: close
+        self.refused = 0  # connection refused: not accepted, safe for any client to retry
+        self.failures: list[str] = []
+
+    async def client(self, deadline: float) -> None:
+        async with httpx.AsyncClient(base_url=self.url, timeout=20) as client:
+            while time.monotonic() < deadline:
+                try:
+                    response = await client.get("/api/x")
+                except httpx.ConnectError:
+                    self.refused += 1
+                    return
+                except httpx.HTTPError as error:
+                    self.failures.append(repr(error))
+                    return
+                if response.status_code != 200:
+                    self.failures.append(f"status {response.status_code}: {response.text}")
+                    return
+                self.ok += 1
+                if response.headers.get("connection") == "close":
+                    self.closing += 1
+
+
+async def test_sigterm_under_load_finishes_in_flight_requests_and_fails_none(
+    make_gateway: Callable[..., GatewayProcess], upstream: FaultyUpstream
+) -> None:
+    gateway = make_gateway(CONFIG.format(url=upstream.url))
+    load = Load(gateway.url)
+    deadline = time.monotonic() + 20  # bounds the load loop even if SIGTERM went unheard
+    clients = [asyncio.create_task(load.client(deadline)) for _ in range(8)]
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as slow_client:
+        slow = [asyncio.create_task(slow_client.get("/api/x?delay=1")) for _ in range(2)]
+        await asyncio.to_thread(upstream.waiting.wait, 10)
+        while load.ok < 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not load.failures
+        gateway.signal(signal.SIGTERM)
+        slow_responses = await asyncio.gather(*slow)
+    await asyncio.gather(*clients)
+    code = await asyncio.to_thread(gateway.process.wait, 20)  # type: ignore[union-attr]
+    assert code == 0, gateway.logs()
+    assert load.failures == []
+    # The slow requests were in flight at SIGTERM: finished whole, and told to close.
+    assert [r.status_code for r in slow_responses] == [200, 200]
+    assert all(r.json()["served_by"] == "a" for r in slow_responses)
+    assert all(r.headers["connection"] == "close" for r in slow_responses)
+    assert load.closing >= 1
+    assert load.refused == 8  # every client stopped at a refused connect, none on an error
+    assert "stopping: no new connections" in gateway.logs()
