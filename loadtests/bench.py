@@ -43,7 +43,8 @@ class Row:
     connections: int
     result: loadgen.Result
     peak_rss_mib: float
-    notes: list[str] = field(default_factory=list)
+    #: CPU time of the system under test per request: robust to a noisy machine.
+    cpu_us: float = 0.0
 
 
 @dataclass(slots=True)
@@ -53,6 +54,8 @@ class Bench:
     stamp: str
     rows: list[Row] = field(default_factory=list)
     soak: list[tuple[int, float, float]] = field(default_factory=list)
+    #: Other work on the machine skews results: the 1-minute load average when we started.
+    load_before: float = field(default_factory=lambda: os.getloadavg()[0])
 
     # ---- load --------------------------------------------------------------------------
 
@@ -77,8 +80,14 @@ class Bench:
     ) -> Row:
         if self.args.warmup > 0:
             self.drive(service.url, path, conns, self.args.warmup)
+            service.settle()
+        cpu = service.cpu_seconds()
         result = self.drive(service.url, path, conns, self.args.duration)
-        row = Row(scenario, system, workers, conns, result, service.memory_kib("VmHWM") / 1024)
+        cpu = service.cpu_seconds() - cpu
+        service.settle()
+        rss = service.memory_kib("VmHWM") / 1024
+        cpu_us = 1e6 * cpu / result.requests if result.requests else 0.0
+        row = Row(scenario, system, workers, conns, result, rss, cpu_us)
         self.rows.append(row)
         print(_line(row), flush=True)
         return row
@@ -105,6 +114,7 @@ class Bench:
         slice_s = 5.0
         while total < target:
             result = self.drive(service.url, "/json", 64, slice_s)
+            service.settle()
             if result.errors:
                 print(f"soak: {result.errors} errors ({result.detail})", flush=True)
             total += result.requests
@@ -248,7 +258,7 @@ def _worker_rss_mib(service: Service) -> float:
 
 COLUMNS = [
     "scenario", "system", "workers", "conns", "req/s", "MB/s", "p50 ms", "p99 ms", "errors",
-    "peak RSS MiB", "vs nginx", "vs direct", "added p50 ms",
+    "peak RSS MiB", "CPU µs/req", "vs nginx", "vs direct", "added p50 ms",
 ]  # fmt: skip
 
 
@@ -279,7 +289,7 @@ def _table(bench: Bench) -> list[list[str]]:
                 row.scenario, row.system, str(row.workers), str(row.connections),
                 f"{r.rps:,.0f}", f"{r.bytes_per_s / 1e6:,.1f}", f"{r.p50_ms:.2f}",
                 f"{r.p99_ms:.2f}", str(r.errors), f"{row.peak_rss_mib:.1f}",
-                vs_nginx, vs_direct, added,
+                f"{row.cpu_us:.0f}", vs_nginx, vs_direct, added,
             ]
         )  # fmt: skip
     return out
@@ -302,6 +312,7 @@ def _report(bench: Bench, argv: list[str] | None, html: Path | None) -> None:
         f"- machine: {machine}",
         f"- command: `{command}`",
         f"- load: {args.tool}, {args.warmup:g} s warm-up then {args.duration:g} s; {pinning}",
+        f"- machine load average before the run: {bench.load_before:.2f} (should be near 0)",
         f"- upstream: {upstream} (100-byte JSON, 1 MiB file); large = {LARGE_PATH} at "
         f"{args.large_connections} connections; latency = 1 connection",
         "",
@@ -330,8 +341,8 @@ def _report(bench: Bench, argv: list[str] | None, html: Path | None) -> None:
         writer.writerow(COLUMNS)
         writer.writerows([[c.replace(",", "") for c in row] for row in rows])
         for n, rss, t in bench.soak:
-            writer.writerow(["soak", "quartgate", 1, 64, "", "", "", "", "", f"{rss:.1f}", "", "",
-                             f"requests={n} elapsed={t:.0f}"])  # fmt: skip
+            soak = ["soak", "quartgate", 1, 64, "", "", "", "", "", f"{rss:.1f}", "", "", ""]
+            writer.writerow([*soak, f"requests={n} elapsed={t:.0f}"])
     print(f"wrote {REPORTS / f'bench-{bench.stamp}.md'} and .csv", flush=True)
 
 
@@ -340,8 +351,8 @@ def _line(row: Row) -> str:
     return (
         f"{row.scenario:>10} {row.system:<18} w={row.workers} c={row.connections:<4} "
         f"{r.rps:>9,.0f} req/s {r.bytes_per_s / 1e6:>8,.1f} MB/s p50 {r.p50_ms:7.2f} ms "
-        f"p99 {r.p99_ms:8.2f} ms errors {r.errors} rss {row.peak_rss_mib:.1f} MiB"
-        + (f" [{r.detail}]" if r.errors else "")
+        f"p99 {r.p99_ms:8.2f} ms errors {r.errors} rss {row.peak_rss_mib:.1f} MiB "
+        f"cpu {row.cpu_us:.0f} us/req" + (f" [{r.detail}]" if r.errors else "")
     )
 
 

@@ -23,6 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 TASKSET = shutil.which("taskset")
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: /proc/net/tcp states of a connection on its way to closed (FIN_WAIT1, FIN_WAIT2, CLOSE,
+#: CLOSE_WAIT, LAST_ACK, CLOSING); TIME_WAIT is excluded, it lasts a minute and is harmless.
+_CLOSING = frozenset({"04", "05", "07", "08", "09", "0B"})
+
 JSON_BODY = (
     b'{"id": 7, "name": "quartgate demo", "ok": true, "items": [1, 2, 3], '
     b'"pad": "xxxxxxxxxxxxxxxxxxxxxx"}'
@@ -177,6 +182,40 @@ class Service:
                     if line.startswith(field + ":"):
                         total += int(line.split()[1])
         return total
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process tree so far."""
+        ticks = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / _CLOCK_TICKS
+
+    def closing_sockets(self) -> int:
+        """Server-side connections the peer closed that are not fully closed yet."""
+        count = 0
+        port = f":{self.port:04X} "
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    fields = line.split()
+                    if (fields[1] + " ").endswith(port) and fields[3] in _CLOSING:
+                        count += 1
+        return count
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the connections of the last load run are closed on the server side.
+
+        A new run that starts while hundreds of old connections are still in CLOSE-WAIT or
+        LAST-ACK gets some of its SYNs (on reused loopback ports) answered late: 1 s and 3 s
+        SYN retransmits that show up as a ~1 s p99 and as timeouts (loadtests/README.md).
+        """
+        deadline = time.monotonic() + timeout
+        time.sleep(0.2)
+        while self.closing_sockets() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.3)
 
     def worker_pids(self) -> list[int]:
         """Processes that serve requests: the leaves of the tree (or the process itself)."""
