@@ -84,12 +84,14 @@ def error_body(code: str, detail: str, request_id: str) -> bytes:
     return json.dumps({"error": code, "detail": detail, "request_id": request_id}).encode()
 
 
-async def send_error(send: Send, error: GatewayError, request_id: str) -> None:
+async def send_error(
+    send: Send, error: GatewayError, request_id: str, id_header: bytes = b"x-request-id"
+) -> None:
     body = error_body(error.code, error.detail, request_id)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", b"%d" % len(body)),
-        (b"x-request-id", request_id.encode("latin-1")),
+        (id_header, request_id.encode("latin-1")),
         *error.headers,
     ]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})

@@ -162,7 +162,7 @@ class Proxy:
                 )
             if ctx.response_headers:
                 error.headers.extend(ctx.response_headers)
-            await send_error(send, error, rid)
+            await send_error(send, error, rid, request_id_header)
         except Reply as reply:
             ctx.status = reply.status
             await _send_reply(send, reply, ctx, request_id_header)
