@@ -233,6 +233,27 @@ def test_encoded_crlf_cannot_reach_an_upstream_header(
     assert not any("x-injected" in name for r in upstream.requests for name, _ in r.headers)
 
 
+def test_obsolete_line_folding_never_reaches_the_upstream_as_crlf(
+    gateway: GatewayProcess,
+) -> None:
+    reply = raw_request(gateway.port, get(b"/public/fold", b"x-fold: a\r\n b\r\n"))
+    if reply.status == 200:  # h11 unfolds obs-fold into one line
+        headers = dict(tuple(h) for h in json.loads(reply.body)["headers"])
+        assert "\r" not in headers["x-fold"] and "\n" not in headers["x-fold"]
+    else:
+        assert reply.status == 400
+
+
+def test_duplicate_host_and_unknown_transfer_coding_are_refused(gateway: GatewayProcess) -> None:
+    twice = raw_request(gateway.port, b"GET /public/h HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n")
+    assert twice.status == 400
+    coding = raw_request(
+        gateway.port,
+        b"POST /public/te HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    )
+    assert coding.status in (400, 501)
+
+
 def test_upstream_response_header_with_nul_is_502(gateway: GatewayProcess) -> None:
     reply = raw_request(gateway.port, get(b"/evil/x"))
     assert reply.status == 502
