@@ -14,8 +14,9 @@ Hypercorn's own runner (``hypercorn.run.run``) does not fit a gateway on two poi
   listening sockets stop accepting (new connections are refused, which any client or load
   balancer may safely retry), every response from then on says ``Connection: close``
   (HTTP/2: GOAWAY), and busy keep-alive clients get their next request answered and leave.
-  Once no client connection is left, or after ``LINGER`` seconds, Hypercorn's own shutdown
-  runs: idle connections close and requests in flight get ``graceful_timeout``.
+  Once no connection has had a request in progress for ``QUIET`` seconds (at most
+  ``LINGER``), Hypercorn's own shutdown runs: idle connections close and requests in
+  flight get ``graceful_timeout``.
 
 Everything else is Hypercorn's: the same ``worker_serve``, sockets made by its config and
 inherited by spawned workers, and ``graceful_timeout`` for requests in flight.
@@ -42,6 +43,8 @@ log = logging.getLogger("quartgate")
 
 #: Longest wait, after SIGTERM, for keep-alive clients to take their Connection: close.
 LINGER = 2.0
+#: The drain ends early once no connection has had a request in progress for this long.
+QUIET = 0.1
 
 
 def serve(config: Config) -> int:
@@ -131,7 +134,12 @@ async def _serve(app: Any, config: Config, sockets: Sockets, ready: Event | None
     async def drained() -> None:
         await draining.wait()
         until = loop.time() + min(LINGER, config.graceful_timeout)
-        while loop.time() < until and _client_connections():
+        quiet_since = loop.time()
+        while (now := loop.time()) < until:
+            if _busy_connections():
+                quiet_since = now
+            elif now - quiet_since >= QUIET:
+                break
             await asyncio.sleep(0.02)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -159,13 +167,21 @@ def _stop_accepting(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Non
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _client_connections() -> int:
-    """Client connections still open in this worker (Hypercorn's per-connection tasks)."""
-    return sum(
-        1
-        for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "").endswith("._server_callback")
-    )
+def _busy_connections() -> int:
+    """Client connections of this worker with a request in progress.
+
+    Read from Hypercorn's tasks: one per connection, plus an idle-timeout task on each
+    connection that is between requests. Should those names change, every connection
+    counts as busy and the drain just waits its full ``LINGER``.
+    """
+    connections = idle = 0
+    for task in asyncio.all_tasks():
+        name = getattr(task.get_coro(), "__qualname__", "")
+        if name.endswith("._server_callback"):
+            connections += 1
+        elif name == "TCPServer._idle_timeout":
+            idle += 1
+    return connections - idle
 
 
 def _worker_main(config: Config, sockets: Sockets, ready: Event) -> None:

@@ -59,10 +59,11 @@ class Load:
                     self.closing += 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_sigterm_under_load_finishes_in_flight_requests_and_fails_none(
-    make_gateway: Callable[..., GatewayProcess], upstream: FaultyUpstream
+    make_gateway: Callable[..., GatewayProcess], upstream: FaultyUpstream, workers: int
 ) -> None:
-    gateway = make_gateway(CONFIG.format(url=upstream.url))
+    gateway = make_gateway(CONFIG.format(url=upstream.url), workers=workers)
     load = Load(gateway.url)
     deadline = time.monotonic() + 20  # bounds the load loop even if SIGTERM went unheard
     clients = [asyncio.create_task(load.client(deadline)) for _ in range(8)]
