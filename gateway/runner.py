@@ -49,6 +49,9 @@ QUIET = 0.1
 
 def serve(config: Config) -> int:
     """Serve ``config.application_path`` with ``config.workers`` processes (0 or 1: here)."""
+    # A reload request during start-up must not kill the server (SIGHUP's default action);
+    # the reload handler replaces this once the app is serving.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if config.pid_path is not None:
         with open(config.pid_path, "w") as file:
             file.write(str(os.getpid()))

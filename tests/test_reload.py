@@ -1,0 +1,162 @@
+"""Hot reload: SIGHUP and ``quartgate reload`` swap routes and upstreams without dropping
+a request; a bad file is refused with its reasons and the running config stays."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.support.faulty import FaultyUpstream
+from tests.support.gateway import ROOT, GatewayProcess
+
+V1 = """
+[upstreams.api]
+targets = ["{a}"]
+
+[[routes]]
+path = "/api"
+upstream = "api"
+
+[[routes]]
+path = "/old"
+upstream = "api"
+"""
+
+V2 = """
+[upstreams.api]
+targets = ["{b}"]
+
+[[routes]]
+path = "/api"
+upstream = "api"
+
+[[routes]]
+path = "/new"
+upstream = "api"
+"""
+
+BAD = """
+[upstreams.api]
+targets = ["{b}"]
+balancer = "random"
+
+[[routes]]
+path = "/api"
+upstream = "api"
+colour = "blue"
+"""
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[FaultyUpstream, FaultyUpstream]]:
+    a, b = FaultyUpstream("a").start(), FaultyUpstream("b").start()
+    yield a, b
+    a.close()
+    b.close()
+
+
+async def wait_for_log(gateway: GatewayProcess, text: str, count: int = 1) -> None:
+    deadline = time.monotonic() + 15
+    while gateway.logs().count(text) < count:
+        assert time.monotonic() < deadline, f"no {text!r} x{count} in:\n{gateway.logs()}"
+        await asyncio.sleep(0.02)
+
+
+async def fresh_get(url: str) -> httpx.Response:
+    """On a new connection, so several workers each get a share."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        return await client.get("/api/x", headers={"connection": "close"})
+
+
+async def test_sighup_swaps_config_keeps_in_flight_and_refuses_bad_file(
+    make_gateway: Callable[..., GatewayProcess], pair: tuple[FaultyUpstream, FaultyUpstream]
+) -> None:
+    a, b = pair
+    gateway = make_gateway(V1.format(a=a.url))
+    await wait_for_log(gateway, "Running on")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        assert (await client.get("/api/x")).headers["x-served-by"] == "a"
+        assert a.open_connections == 1  # the old pool keeps a connection to a
+        in_flight = asyncio.create_task(client.get("/api/x?delay=1"))
+        await asyncio.to_thread(a.waiting.wait, 10)
+
+        gateway.config.write_text(V2.format(b=b.url))
+        gateway.signal(signal.SIGHUP)
+        await wait_for_log(gateway, "config reloaded")
+
+        assert (await client.get("/api/x")).headers["x-served-by"] == "b"
+        assert (await client.get("/new/x")).status_code == 200
+        gone = await client.get("/old/x")
+        assert gone.status_code == 404 and gone.json()["error"] == "route_not_found"
+        finished = await in_flight  # started on the old config: finished there
+        assert finished.status_code == 200 and finished.json()["served_by"] == "a"
+        deadline = time.monotonic() + 10
+        while a.open_connections:  # the old pool closes once its last request is done
+            assert time.monotonic() < deadline, "the old upstream's pool was never closed"
+            await asyncio.sleep(0.02)
+
+        gateway.config.write_text(BAD.format(b=b.url))
+        gateway.signal(signal.SIGHUP)
+        await wait_for_log(gateway, "upstreams.api.balancer: must be one of")
+        logs = gateway.logs()
+        assert f"{gateway.config}: routes[0].colour: unknown key" in logs
+        assert logs.count("config reloaded") == 1
+        assert (await client.get("/api/x")).headers["x-served-by"] == "b"  # old config stays
+        assert (await client.get("/new/x")).status_code == 200
+    assert gateway.stop() == 0
+
+
+async def test_quartgate_reload_with_two_workers(
+    make_gateway: Callable[..., GatewayProcess],
+    pair: tuple[FaultyUpstream, FaultyUpstream],
+    tmp_path: object,
+) -> None:
+    a, b = pair
+    pid_file = f"{tmp_path}/quartgate.pid"
+    gateway = make_gateway(V1.format(a=a.url), workers=2, extra_args=("--pid-file", pid_file))
+    await wait_for_log(gateway, "Running on", count=2)  # both workers serve
+
+    def reload() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "reload",
+                "-c",
+                str(gateway.config),
+                "--pid-file",
+                pid_file,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    # A bad file is refused by the command itself, with every reason; nothing is signalled.
+    gateway.config.write_text(BAD.format(b=b.url))
+    refused = reload()
+    assert refused.returncode == 1
+    assert "upstreams.api.balancer: must be one of" in refused.stderr
+    assert "routes[0].colour: unknown key" in refused.stderr
+    # Signalled directly, the master checks the file first and keeps the workers serving.
+    gateway.signal(signal.SIGHUP)
+    await wait_for_log(gateway, "config reload refused, the workers keep the running config")
+    assert {(await fresh_get(gateway.url)).headers["x-served-by"] for _ in range(8)} == {"a"}
+
+    gateway.config.write_text(V2.format(b=b.url))
+    done = reload()
+    assert done.returncode == 0, done.stderr
+    await wait_for_log(gateway, "config reloaded", count=2)  # once in each worker
+    answers = [await fresh_get(gateway.url) for _ in range(12)]
+    assert {r.headers["x-served-by"] for r in answers} == {"b"}
+    assert gateway.process is not None and gateway.process.poll() is None
+    assert gateway.stop() == 0
