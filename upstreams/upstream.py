@@ -16,6 +16,7 @@ from upstreams.errors import (
     NoHealthyTarget,
     PoolExhausted,
     RouteTimeout,
+    UpstreamConnectError,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamTimeout,
@@ -71,6 +72,8 @@ class Upstream:
         self._counting = spec.max_requests > 0 or spec.balancer == "least_outstanding"
         self.in_flight = 0
         self.health = HealthChecker(spec.health, self.targets) if spec.health else None
+        #: No breaker, no counting, no hashing: requests without a route policy go straight.
+        self._plain = not self._counting and not self._hashing and spec.breaker is None
         #: Without a route retry policy: a failed connect is tried once on another target.
         self._implicit = RetryPolicy(
             CONNECT_ONLY if len(self.targets) > 1 else replace(CONNECT_ONLY, attempts=1)
@@ -83,6 +86,22 @@ class Upstream:
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         policy = request.policy
+        if policy is None and self._plain:
+            # Nothing configured: one pick and one send, as before any of this existed.
+            target = self._balancer.pick(0, ())
+            if target is not None:
+                try:
+                    return await target.sender.send(request)
+                except (UpstreamConnectError, UpstreamTimeout) as error:
+                    if (
+                        len(self.targets) == 1
+                        or condition(error) != "connect_error"
+                        or not isinstance(request.body, bytes)
+                    ):
+                        raise
+                    # The implicit policy: the next target, once.
+                    await self._before_retry(self._implicit, 1, 0.0, "connect_error", target)
+                    return await self._send(request, None, 0.0, [target])
         if policy is None or not policy.timeout:
             return await self._send(request, policy, 0.0)
         deadline = asyncio.get_running_loop().time() + policy.timeout
@@ -96,7 +115,11 @@ class Upstream:
             ) from None
 
     async def _send(
-        self, request: UpstreamRequest, policy: RetryPolicy | None, deadline: float
+        self,
+        request: UpstreamRequest,
+        policy: RetryPolicy | None,
+        deadline: float,
+        tried: list[Target] | None = None,
     ) -> UpstreamResponse:
         retry = policy if policy is not None and policy.spec is not None else self._implicit
         spec = retry.spec
@@ -115,8 +138,9 @@ class Upstream:
             self.in_flight += 1
         key = self._hash_key(request) if self._hashing else 0
         replayable = isinstance(request.body, bytes)
-        tried: list[Target] = []
-        attempt = 1
+        if tried is None:
+            tried = []
+        attempt = len(tried) + 1
         try:
             while True:
                 target = self._balancer.pick(key, tried)
