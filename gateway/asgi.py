@@ -11,9 +11,11 @@ import os
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.logs import configure_logging
+from gateway.tuning import tune_gc
 
 configure_logging()
 app = create_app(
     load_config(os.environ.get("QUARTGATE_CONFIG", "gateway.toml")),
     runtime_dir=os.environ.get("QUARTGATE_RUNTIME_DIR"),
 )
+tune_gc()  # after the app is built: what exists now lives as long as the worker

@@ -35,8 +35,10 @@ REQUEST_DROP: Final = HOP_BY_HOP | {
 }
 
 #: Response headers the gateway never copies back: hop-by-hop, and framing the server
-#: sets (the body is re-framed by Hypercorn when the upstream chunked it).
-RESPONSE_DROP: Final = HOP_BY_HOP
+#: sets (the body is re-framed by Hypercorn when the upstream chunked it). Date and Server
+#: are Hypercorn's own on every response; passed through as well they went out twice (nginx
+#: hides the upstream's Date and Server the same way).
+RESPONSE_DROP: Final = HOP_BY_HOP | {b"date", b"server"}
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:

@@ -18,6 +18,8 @@ import asyncio
 import json
 import os
 import signal
+import time
+from email.utils import formatdate
 from typing import cast
 
 JSON_BODY = (
@@ -28,16 +30,37 @@ assert len(JSON_BODY) == 100, len(JSON_BODY)
 PIECE = b"x" * 65536
 
 
+class _Clock:
+    """Date and Server header lines, as real upstreams send them; Date rebuilt once a second."""
+
+    second = -1
+    lines = b""
+    json_response = b""
+
+    @classmethod
+    def head(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second = now
+            date = formatdate(now, usegmt=True).encode("ascii")
+            cls.lines = b"server: quartgate-mock\r\ndate: %b\r\n" % date
+            cls.json_response = _response(b"200 OK", JSON_BODY)
+        return cls.lines
+
+
 def _response(status: bytes, body: bytes, content_type: bytes = b"application/json") -> bytes:
-    return b"HTTP/1.1 %b\r\ncontent-type: %b\r\ncontent-length: %d\r\n\r\n%b" % (
+    return b"HTTP/1.1 %b\r\n%bcontent-type: %b\r\ncontent-length: %d\r\n\r\n%b" % (
         status,
+        _Clock.head(),
         content_type,
         len(body),
         body,
     )
 
 
-JSON_RESPONSE = _response(b"200 OK", JSON_BODY)
+def _json_response() -> bytes:
+    _Clock.head()
+    return _Clock.json_response
 
 
 class MockUpstream(asyncio.Protocol):
@@ -110,14 +133,14 @@ class MockUpstream(asyncio.Protocol):
             ).encode()
             self.transport.write(_response(b"200 OK", payload))
         else:
-            self.transport.write(JSON_RESPONSE)
+            self.transport.write(_json_response())
 
     async def _stream(self, size: int) -> None:
         transport = self.transport
         assert transport is not None
         transport.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
-            b"content-length: %d\r\n\r\n" % size
+            b"HTTP/1.1 200 OK\r\n%bcontent-type: application/octet-stream\r\n"
+            b"content-length: %d\r\n\r\n" % (_Clock.head(), size)
         )
         while size > 0 and not transport.is_closing():
             piece = PIECE if size >= len(PIECE) else PIECE[:size]

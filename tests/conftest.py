@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, free_port, serving
 from tests.support.upstream import UpstreamServer
 
 
@@ -15,6 +16,16 @@ def upstream() -> Iterator[UpstreamServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The fast load-test upstream (loadtests/mock_upstream.py) in a subprocess; its URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("mock-upstream") / "mock.log"
+    args = [sys.executable, "-m", "loadtests.mock_upstream", "--port", str(port)]
+    with serving(args, port, log):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -10,35 +10,13 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from loadtests.servers import locust_gateway_config
-from tests.support.gateway import ROOT, GatewayProcess, free_port, wait_for_port
+from tests.support.gateway import ROOT, GatewayProcess, free_port
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
-
-
-@pytest.fixture(scope="module")
-def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("mock") / "mock.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "loadtests.mock_upstream", "--port", str(port)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(port, time.monotonic() + 30, process, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def run_locust(host: str, seconds: int, out: Path, *extra: str) -> dict[str, dict[str, str]]:

@@ -1,0 +1,113 @@
+"""What the hot-path performance work must not change: strict upstream parsing, one Date and
+one Server header, well-formed request ids."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from gateway.proxy import _new_request_id
+from tests.support.gateway import GatewayProcess
+from upstreams.http1 import H1Connection
+
+CONFIG = """
+[upstreams.mock]
+targets = ["{upstream}"]
+
+[[routes]]
+name = "api"
+path = "/api"
+upstream = "mock"
+strip_prefix = true
+"""
+
+
+@pytest.fixture
+def parse() -> Iterator[Callable[[bytes], H1Connection]]:
+    """Feed a response head to a connection with no transport (pure parsing)."""
+    loop = asyncio.new_event_loop()
+
+    def feed(head: bytes) -> H1Connection:
+        conn = H1Connection(loop)
+        conn.begin(no_body=True)
+        conn.data_received(head)
+        return conn
+
+    yield feed
+    loop.close()
+
+
+def test_header_lines_are_split_trimmed_and_lowercased(
+    parse: Callable[[bytes], H1Connection],
+) -> None:
+    conn = parse(
+        b"HTTP/1.1 200 OK\r\nX-A:  spaced value \t\r\nx-empty:\r\n"
+        b"X-Obs: caf\xc3\xa9\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert conn._error is None
+    assert conn._head == (
+        200,
+        [
+            (b"x-a", b"spaced value"),
+            (b"x-empty", b""),
+            (b"x-obs", b"caf\xc3\xa9"),
+            (b"content-length", b"0"),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"bad name: x",  # space in the name
+        b"x :y",  # space before the colon
+        b": no name",
+        b"caf\xc3\xa9: non-ASCII name",
+        b"x-nul: a\x00b",
+        b"x-cr: a\rb",
+        b"no colon",
+        b"content-length: \xd9\xa1",  # a non-ASCII digit
+        b"content-length: +1",
+        b"content-length: ",
+    ],
+)
+def test_malformed_header_lines_are_protocol_errors(
+    parse: Callable[[bytes], H1Connection], line: bytes
+) -> None:
+    conn = parse(b"HTTP/1.1 200 OK\r\n" + line + b"\r\n\r\n")
+    assert conn._head is None
+    assert conn._error is not None and "invalid" in str(conn._error)
+
+
+def test_a_hostile_header_line_is_rejected_without_backtracking(
+    parse: Callable[[bytes], H1Connection],
+) -> None:
+    # Possessive quantifiers: 60 KB of spaces before a NUL is one linear pass, not 60 KB².
+    conn = parse(b"HTTP/1.1 200 OK\r\nx:" + b" " * 60_000 + b"a\x00\r\n\r\n")
+    assert conn._head is None and conn._error is not None
+
+
+def test_generated_request_ids_are_version_4_uuids() -> None:
+    ids = {_new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for value in ids:
+        parsed = uuid.UUID(value.decode("ascii"))
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed).encode("ascii") == value
+
+
+def test_one_date_and_one_server_header_reach_the_client(
+    mock_upstream: str, make_gateway: Callable[..., GatewayProcess]
+) -> None:
+    # The mock sends Date and Server as nginx does; Hypercorn adds its own to every response.
+    gateway = make_gateway(CONFIG.format(upstream=mock_upstream))
+    response = httpx.get(f"{gateway.url}/api/json")
+    assert response.status_code == 200 and len(response.content) == 100
+    names = [name.lower() for name, _ in response.headers.raw]
+    assert names.count(b"date") == 1
+    assert names.count(b"server") == 1
+    assert uuid.UUID(response.headers["x-request-id"]).version == 4
