@@ -23,8 +23,6 @@ from pathlib import Path
 from loadtests import loadgen, servers
 from loadtests.bench import REPORTS, running
 
-_PACKAGE = re.compile(r"(?:site-packages|lib/python3\.\d+|/work/main)/([A-Za-z_][\w]*)")
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.profile")
@@ -82,8 +80,7 @@ def _summarise(stacks: list[tuple[str, int]], top: int) -> None:
         for frame in set(frames):
             inclusive[_short(frame)] += count
         own[_short(frames[-1])] += count
-        found = _PACKAGE.search(frames[-1])
-        packages[found.group(1) if found else frames[-1].split(" ")[0]] += count
+        packages[_package(frames[-1])] += count
     print(f"{total} samples\n\nself time by package:")
     for name, count in packages.most_common(15):
         print(f"  {100 * count / total:5.1f}%  {name}")
@@ -93,6 +90,12 @@ def _summarise(stacks: list[tuple[str, int]], top: int) -> None:
     print("\ninclusive time by function:")
     for name, count in inclusive.most_common(top):
         print(f"  {100 * count / total:5.1f}%  {name}")
+
+
+def _package(frame: str) -> str:
+    """``func (hypercorn/protocol/h11.py:12)`` -> ``hypercorn``; ``<frozen runpy>`` as is."""
+    found = re.search(r"\(([^/():]+)[/.:]", frame)
+    return found.group(1) if found else frame.split(" ")[0] or "(native)"
 
 
 def _short(frame: str) -> str:
