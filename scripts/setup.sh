@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything quartgate needs on a Debian machine with Python 3.11:
 # Debian packages the tests and benchmarks start for real (nginx, redis-server, wrk),
-# a virtualenv in .venv, and the package with its test and load-test extras.
+# a virtualenv in .venv, and the package with its test, load-test and otel extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,5 +26,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,loadtest]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,loadtest,otel]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip check >/dev/null
