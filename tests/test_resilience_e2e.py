@@ -336,3 +336,23 @@ async def test_hash_balancer_keeps_each_key_on_one_target(
             assert got != "b"
             if home != "b":
                 assert got == home
+
+
+async def test_least_outstanding_avoids_a_target_busy_with_a_slow_request(
+    make_gateway: Start, faulty: Callable[[str], FaultyUpstream]
+) -> None:
+    a, b = faulty("a"), faulty("b")
+    gateway = make_gateway(config(a, b, upstream='balancer = "least_outstanding"'))
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        a.mode = "slow"
+        a.delay = 2
+        slow: list[asyncio.Task[httpx.Response]] = []
+        for _ in range(20):  # until one request is held by a (b answers at once)
+            if a.waiting.is_set():
+                break
+            slow.append(asyncio.create_task(client.get("/api/x")))
+            await asyncio.sleep(0.05)
+        assert a.waiting.is_set()
+        # a has a request in flight, b has none: round robin would alternate, this does not.
+        assert set(await served_by(client, 8)) == {"b"}
+        assert all(r.status_code == 200 for r in await asyncio.gather(*slow))
