@@ -100,7 +100,7 @@ class Breaker:
             if self._window is not None:
                 self._window.add(now, total=1)
         elif self.state is HALF_OPEN:
-            self._probes -= 1
+            self._probes = max(0, self._probes - 1)
             self._close(now)
 
     def failure(self, now: float, reason: str) -> None:
@@ -122,13 +122,13 @@ class Breaker:
                         f"{spec.window:g}s, last: {reason}",
                     )
         elif self.state is HALF_OPEN:
-            self._probes -= 1
+            self._probes = max(0, self._probes - 1)
             self._open(now, f"half-open probe failed: {reason}")
 
     def abandon(self) -> None:
         """A request ended with no outcome (the client went away): free its probe slot."""
         if self.state is HALF_OPEN:
-            self._probes -= 1
+            self._probes = max(0, self._probes - 1)
             if not self.admits:
                 self.admits = True
                 self._on_change()
