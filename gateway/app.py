@@ -61,7 +61,7 @@ def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
     reloader = HotReload(proxy)
     reloader.prepare.append(observability.apply_control)
     observability.reloader = reloader.reload
-    reloader.on_signal = observability._reload_quietly  # counted in the reload metrics
+    reloader.on_signal = observability.reload_counted  # counted in the reload metrics
     app.extensions["quartgate.reload"] = reloader
 
     @app.before_serving

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator
+from time import perf_counter
 
 from gateway.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from gateway.context import RequestContext
@@ -51,7 +52,6 @@ class Proxy:
             await self.app(scope, receive, send)
             return
         state = self.state  # one snapshot per request: a reload swaps it for new requests
-        loop = asyncio.get_running_loop()
         request_id_header = state.request_id_header
         host = b""
         request_id: bytes | None = None
@@ -77,7 +77,7 @@ class Proxy:
                 traceparent = value
         if request_id is None or not _valid_request_id(request_id):
             request_id = _new_request_id()
-        ctx = RequestContext(scope, request_id, host, loop.time())
+        ctx = RequestContext(scope, request_id, host, perf_counter())
         runtime: RouteRuntime | None = None
         try:
             # -- hostile input first: nothing below may act on an ambiguous request -------
@@ -252,14 +252,14 @@ class Proxy:
         watch = _DisconnectWatch(receive, body_done=isinstance(body, bytes))
         timer = loop.call_later(WATCH_AFTER, watch.start)
         ctx.upstream = upstream.name
-        ctx.upstream_start = loop.time()
+        ctx.upstream_start = perf_counter()
         try:
             try:
                 response = await upstream.send(request)
             except UpstreamError as error:
                 raise from_upstream(error, upstream.name) from None
             finally:
-                ctx.upstream_time = loop.time() - ctx.upstream_start
+                ctx.upstream_time = perf_counter() - ctx.upstream_start
                 ctx.retries = request.retries
             ctx.upstream_target = request.sent_to
             await self._respond(response, send, runtime, ctx)

@@ -10,7 +10,6 @@ logrotate) is noticed at the next flush and reopened, as nginx does on USR1.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -85,7 +84,7 @@ class AccessLog:
         queue.append(
             (
                 time.time(),
-                asyncio.get_running_loop().time() - ctx.start,
+                time.perf_counter() - ctx.start,
                 ctx,
                 scope,
                 route.name if route is not None else "",

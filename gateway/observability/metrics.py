@@ -13,9 +13,9 @@ its own mmap files and a scrape of any worker sums them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import platform
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -253,7 +253,7 @@ class MetricsObserver:
         self._by_error: dict[tuple[str, str], Any] = {}
 
     def request_finished(self, ctx: RequestContext) -> None:
-        duration = asyncio.get_running_loop().time() - ctx.start
+        duration = time.perf_counter() - ctx.start
         route = ctx.route
         name = route.name if route is not None else NO_ROUTE
         method = ctx.scope["method"]

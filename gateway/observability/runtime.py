@@ -136,7 +136,7 @@ class Observability:
                 self.sync()
                 if self.control.generation != self._generation:
                     self._generation = self.control.generation
-                    await self._reload_quietly()
+                    await self.reload_counted()
             except (OSError, ValueError) as error:
                 log.error("observability sync failed: %s", error)
 
@@ -170,7 +170,7 @@ class Observability:
                 self._generation = control.generation
         return config, previous
 
-    async def _reload_quietly(self) -> None:
+    async def reload_counted(self) -> None:
         with contextlib.suppress(ConfigError):
             await self._reload_counted()
 

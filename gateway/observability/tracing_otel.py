@@ -13,7 +13,6 @@ span. This module is imported only when ``[tracing]`` is configured.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from typing import Any
@@ -83,7 +82,7 @@ class TracingObserver:
         self.tracer = self.provider.get_tracer("quartgate", __version__)
 
     def request_finished(self, ctx: RequestContext) -> None:
-        loop_now = asyncio.get_running_loop().time()
+        loop_now = time.perf_counter()
         now_ns = time.time_ns()
 
         def wall(moment: float) -> int:
