@@ -25,6 +25,8 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,loadtest,otel]" 2>&1 | grep -v "^WARNING: Location" || true
+# pip's own failures fail the script (pipefail); only its noise about absent local indexes is hidden.
+quiet_pip() { .venv/bin/python -m pip "$@" --disable-pip-version-check 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+quiet_pip install -q --upgrade pip
+quiet_pip install -q -e ".[test,loadtest,otel]"
 .venv/bin/python -m pip check >/dev/null
