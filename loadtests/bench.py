@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _locust_report(bench: Bench) -> Path:
-    """A mixed Locust run (json, echo, download, mix) through quartgate, HTML report kept."""
+    """A mixed Locust run (every scenario) through quartgate, HTML report kept."""
     args = bench.args
     mock = servers.mock_upstream(bench.workdir, cpus=args.load_cpu, name="mock")
     html = REPORTS / f"locust-{bench.stamp}.html"
@@ -199,6 +199,7 @@ def _locust_report(bench: Bench) -> Path:
                 tags=[],
                 csv_prefix=REPORTS / f"locust-{bench.stamp}",
                 html=html,
+                extra=servers.LOCUST_POLICY_OPTIONS,
             )
             row = Row(
                 "locust-mix",

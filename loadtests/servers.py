@@ -9,6 +9,7 @@ never touches the system's nginx.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -213,8 +214,14 @@ class Service:
         """
         deadline = time.monotonic() + timeout
         time.sleep(0.2)
-        while self.closing_sockets() and time.monotonic() < deadline:
+        last, since = self.closing_sockets(), time.monotonic()
+        while last and time.monotonic() < deadline:
             time.sleep(0.1)
+            count = self.closing_sockets()
+            if count != last:
+                last, since = count, time.monotonic()
+            elif time.monotonic() - since > 1.0:
+                break  # a few stuck for good (Hypercorn leaves some in CLOSE-WAIT)
         time.sleep(0.3)
 
     def worker_pids(self) -> list[int]:
@@ -301,8 +308,26 @@ upstream = "bench"
 """
 
 
+#: The API key of the load-test consumer on the ``/auth`` route of the Locust config.
+LOADTEST_API_KEY = "quartgate-loadtest-key"
+#: Options that turn on the policy scenarios (auth, ratelimit) against that config.
+LOCUST_POLICY_OPTIONS = [
+    "--auth-path",
+    "/auth/json",
+    "--auth-header",
+    f"x-api-key: {LOADTEST_API_KEY}",
+    "--ratelimit-path",
+    "/limited/json",
+]
+
+
 def locust_gateway_config(upstream_url: str) -> str:
-    """The gateway.toml the Locust scenarios expect, in front of the bundled mock upstream."""
+    """The gateway.toml the Locust scenarios expect, in front of the bundled mock upstream.
+
+    ``/api`` and ``/items/{id}`` have no policies (the hot path); ``/auth`` takes the API key
+    above, ``/limited`` allows 200 requests a second per client IP (then 429).
+    """
+    key_hash = hashlib.sha256(LOADTEST_API_KEY.encode()).hexdigest()
     return f"""\
 [gateway]
 trusted_proxies = ["127.0.0.1/32"]
@@ -321,6 +346,26 @@ name = "items"
 path = "/items/{{id}}"
 methods = ["GET"]
 upstream = "mock"
+
+[[routes]]
+name = "auth"
+path = "/auth"
+upstream = "mock"
+strip_prefix = true
+[routes.auth]
+api_key = true
+
+[[routes]]
+name = "limited"
+path = "/limited"
+upstream = "mock"
+strip_prefix = true
+[routes.rate_limit]
+limit = 200
+period = 1.0
+
+[consumers.loadtest]
+api_key_sha256 = ["{key_hash}"]
 """
 
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from loadtests.servers import locust_gateway_config
+from loadtests.servers import LOCUST_POLICY_OPTIONS, locust_gateway_config
 from tests.support.gateway import ROOT, GatewayProcess, free_port
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -63,13 +63,14 @@ def test_locust_scenarios_run_without_a_failed_request(
     mock_upstream: str, make_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
     gateway = make_gateway(locust_gateway_config(mock_upstream))
-    rows = run_locust(gateway.url, 10, tmp_path)
+    rows = run_locust(gateway.url, 10, tmp_path, *LOCUST_POLICY_OPTIONS)
     total = rows["Aggregated"]
     failures = (tmp_path / "locust_failures.csv").read_text()
     assert int(total["Failure Count"]) == 0, failures
     assert rows["_exit"]["code"] == "0", rows["_exit"]["stderr"]
-    # Every hot-path scenario ran, each with the body size it checks.
-    for name in ("/api/json", "/api/echo", "/api/bytes/1048576", "/items/{id}?query"):
+    # Every scenario ran (policy routes too), each with the body size it checks.
+    for name in ("/api/json", "/api/echo", "/api/bytes/1048576", "/items/{id}?query", "auth",
+                 "ratelimit"):  # fmt: skip
         assert int(rows[name]["Request Count"]) > 0, f"scenario {name} did not run"
     assert float(rows["/api/json"]["Average Content Size"]) == 100
     assert float(rows["/api/echo"]["Average Content Size"]) == 4096
