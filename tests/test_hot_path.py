@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
@@ -111,3 +112,20 @@ def test_one_date_and_one_server_header_reach_the_client(
     assert names.count(b"date") == 1
     assert names.count(b"server") == 1
     assert uuid.UUID(response.headers["x-request-id"]).version == 4
+
+
+def test_server_config_caches_hypercorns_response_headers() -> None:
+    from hypercorn.config import Config
+
+    from gateway.server import ServerConfig, load_server_config
+
+    config = load_server_config(None)
+    assert isinstance(config, ServerConfig)
+    ours = config.response_headers("h11")
+    hypercorns = Config.response_headers(config, "h11")
+    # The same headers Hypercorn makes (the Date value may be a second apart).
+    assert [name for name, _ in ours] == [name for name, _ in hypercorns] == [b"date", b"server"]
+    assert ours[1] == hypercorns[1]
+    assert parsedate_to_datetime(ours[0][1].decode()).tzinfo is not None
+    ours.append((b"x-mutated", b"1"))  # callers own their copy
+    assert len(config.response_headers("h11")) == 2
