@@ -91,6 +91,19 @@ NGINX_PROXY = """\
 """
 
 
+def closing_sockets(port: int) -> int:
+    """Connections on local ``port`` that the peer closed but that are not fully closed yet."""
+    count = 0
+    suffix = f":{port:04X} "
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if (fields[1] + " ").endswith(suffix) and fields[3] in _CLOSING:
+                    count += 1
+    return count
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -194,16 +207,7 @@ class Service:
         return ticks / _CLOCK_TICKS
 
     def closing_sockets(self) -> int:
-        """Server-side connections the peer closed that are not fully closed yet."""
-        count = 0
-        port = f":{self.port:04X} "
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with contextlib.suppress(OSError):
-                for line in Path(table).read_text().splitlines()[1:]:
-                    fields = line.split()
-                    if (fields[1] + " ").endswith(port) and fields[3] in _CLOSING:
-                        count += 1
-        return count
+        return closing_sockets(self.port)
 
     def settle(self, timeout: float = 10.0) -> None:
         """Wait until the connections of the last load run are closed on the server side.

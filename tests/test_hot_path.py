@@ -4,6 +4,8 @@ one Server header, well-formed request ids."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
@@ -12,7 +14,9 @@ import httpx
 import pytest
 
 from gateway.proxy import _new_request_id
+from loadtests.servers import closing_sockets
 from tests.support.gateway import GatewayProcess
+from tests.support.upstream import UpstreamServer
 from upstreams.http1 import H1Connection
 
 CONFIG = """
@@ -129,3 +133,22 @@ def test_server_config_caches_hypercorns_response_headers() -> None:
     assert parsedate_to_datetime(ours[0][1].decode()).tzinfo is not None
     ours.append((b"x-mutated", b"1"))  # callers own their copy
     assert len(config.response_headers("h11")) == 2
+
+
+def test_a_connection_the_client_closed_mid_request_is_closed_by_the_gateway(
+    upstream: UpstreamServer, make_gateway: Callable[..., GatewayProcess]
+) -> None:
+    # Hypercorn alone keeps it in CLOSE-WAIT until keep_alive_timeout (75 s): memory that
+    # grows with the rate clients reconnect (gateway/tuning.py).
+    gateway = make_gateway(CONFIG.format(upstream=upstream.url))
+    upstream.reset()
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"GET /api/slow?delay=0.3 HTTP/1.1\r\nhost: gw\r\n\r\n")
+        deadline = time.monotonic() + 10
+        while not upstream.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert upstream.requests, "the request never reached the upstream"
+    deadline = time.monotonic() + 20  # far below keep_alive_timeout
+    while closing_sockets(gateway.port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert closing_sockets(gateway.port) == 0
