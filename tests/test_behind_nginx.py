@@ -4,19 +4,14 @@ of the chain nginx builds, and a client cannot forge it by sending X-Forwarded-F
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.support.edge import NGINX, nginx_in_front
+from tests.support.edge import nginx_in_front
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
-
-pytestmark = pytest.mark.skipif(
-    not os.access(NGINX, os.X_OK), reason="nginx not installed (scripts/setup.sh installs it)"
-)
 
 CONFIG = """
 [gateway]

@@ -6,10 +6,6 @@ from __future__ import annotations
 import tomllib
 
 import httpx
-import pytest
-
-pytest.importorskip("opentelemetry.sdk", reason="the [otel] extra is not installed")
-
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
