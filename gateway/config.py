@@ -106,10 +106,11 @@ class ConfigReader:
         self.problems.append(Problem(self.file, key, reason))
 
     def table(self, data: Any, key: str) -> dict[str, Any] | None:
+        """A copy of the table, for ``take`` to pop keys from, or None (problem recorded)."""
         if not isinstance(data, dict):
             self.problem(key, f"must be a table, not {_kind(data)}")
             return None
-        return data
+        return dict(data)
 
     def take(
         self,
@@ -184,7 +185,6 @@ def _gateway(reader: ConfigReader, raw: Any) -> GatewaySettings:
     table = reader.table(raw, "gateway")
     if table is None:
         return GatewaySettings()
-    table = dict(table)
     default = GatewaySettings()
     proxies = reader.take(table, "gateway", "trusted_proxies", list, [])
     networks: list[Network] = []
@@ -238,7 +238,6 @@ def _upstreams(
         entry = reader.table(body, prefix)
         if entry is None:
             continue
-        entry = dict(entry)
         if "app" in entry:
             app = reader.take(entry, prefix, "app", str, "", _import_path)
             reader.leftovers(entry, prefix)
@@ -337,7 +336,6 @@ def _routes(reader: ConfigReader, raw: Any, upstream_names: set[str]) -> tuple[R
         entry = reader.table(body, prefix)
         if entry is None:
             continue
-        entry = dict(entry)
         before = len(reader.problems)
         name = reader.take(entry, prefix, "name", str, f"route{index}")
         path = reader.take(entry, prefix, "path", str, "", validate_path)

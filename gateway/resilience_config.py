@@ -59,7 +59,6 @@ def _health(reader: ConfigReader, raw: Any, prefix: str) -> HealthSpec | None:
     table = reader.table(raw, prefix)
     if table is None:
         return None
-    table = dict(table)
     d = HealthSpec()
     path = reader.take(table, prefix, "path", str, d.path, _path)
     interval = reader.take(table, prefix, "interval", float, d.interval, _positive)
@@ -83,7 +82,6 @@ def _breaker(reader: ConfigReader, raw: Any, prefix: str) -> BreakerSpec | None:
     table = reader.table(raw, prefix)
     if table is None:
         return None
-    table = dict(table)
     d = BreakerSpec()
     spec = BreakerSpec(
         consecutive_failures=reader.take(
@@ -114,7 +112,6 @@ def _retry(reader: ConfigReader, raw: Any, prefix: str) -> RetrySpec | None:
     table = reader.table(raw, prefix)
     if table is None:
         return None
-    table = dict(table)
     d = RetrySpec()
     attempts = reader.take(table, prefix, "attempts", int, d.attempts, _positive)
     retry_on_raw = reader.take(table, prefix, "retry_on", list, list(d.retry_on))

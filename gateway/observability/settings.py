@@ -99,7 +99,6 @@ def _admin(reader: ConfigReader, raw: Any) -> AdminSettings | None:
     table = reader.table(raw, "admin")
     if table is None:
         return None
-    table = dict(table)
     d = AdminSettings()
     bind = reader.take(table, "admin", "bind", str, d.bind, _host_port)
     token = reader.take(table, "admin", "token", str, "")
@@ -121,7 +120,6 @@ def _metrics(reader: ConfigReader, raw: Any) -> MetricsSettings:
     table = reader.table(raw, "metrics")
     if table is None:
         return MetricsSettings()
-    table = dict(table)
     d = MetricsSettings()
     enabled = reader.take(table, "metrics", "enabled", bool, d.enabled)
     buckets = reader.take(table, "metrics", "buckets", list, list(d.buckets), _buckets)
@@ -133,7 +131,6 @@ def _access_log(reader: ConfigReader, raw: Any) -> AccessLogSettings | None:
     table = reader.table(raw, "access_log")
     if table is None:
         return None
-    table = dict(table)
     d = AccessLogSettings()
     p = "access_log"
     settings = AccessLogSettings(
@@ -151,7 +148,6 @@ def _tracing(reader: ConfigReader, raw: Any) -> TracingSettings | None:
     table = reader.table(raw, "tracing")
     if table is None:
         return None
-    table = dict(table)
     d = TracingSettings()
     settings = TracingSettings(
         service_name=reader.take(table, "tracing", "service_name", str, d.service_name, _not_empty),

@@ -48,7 +48,6 @@ def parse(reader: ConfigReader, raw: Any, prefix: str) -> AuthSettings | None:
     table = reader.table(raw, prefix)
     if table is None:
         return None
-    table = dict(table)
     d = AuthSettings()
     settings = AuthSettings(
         reader.take(table, prefix, "api_key", bool, d.api_key),

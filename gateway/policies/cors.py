@@ -54,7 +54,6 @@ def parse(reader: ConfigReader, raw: Any, prefix: str) -> CorsSettings | None:
     table = reader.table(raw, prefix)
     if table is None:
         return None
-    table = dict(table)
     origins = reader.take(table, prefix, "allow_origins", list, [])
     methods = reader.take(table, prefix, "allow_methods", list, list(DEFAULT_METHODS))
     headers = reader.take(table, prefix, "allow_headers", list, [])

@@ -64,7 +64,6 @@ def parse(
     table = reader.table(raw, prefix)
     if table is None:
         return None
-    table = dict(table)
     sides = []
     for side in ("request", "response"):
         remove = reader.take(table, prefix, f"{side}_remove", list, [])

@@ -81,7 +81,6 @@ def parse(reader: ConfigReader, raw: Any, prefix: str) -> RateLimitSettings | No
     table = reader.table(raw, prefix)
     if table is None:
         return None
-    table = dict(table)
     d = RateLimitSettings(0)
     settings = RateLimitSettings(
         reader.take(table, prefix, "limit", int, 0, _positive),

@@ -72,7 +72,6 @@ def parse_edge(reader: ConfigReader, data: dict[str, Any], file: str) -> EdgeSet
     if "redis" in data:
         table = reader.table(data.pop("redis"), "redis")
         if table is not None:
-            table = dict(table)
             d = RedisSettings()
             redis = RedisSettings(
                 reader.take(table, "redis", "url", str, d.url, _redis_url),
@@ -92,7 +91,6 @@ def _consumers(reader: ConfigReader, raw: Any) -> dict[str, Consumer]:
         entry = reader.table(body, prefix)
         if entry is None:
             continue
-        entry = dict(entry)
         hashes = reader.take(entry, prefix, "api_key_sha256", list, [])
         groups = reader.take(entry, prefix, "groups", list, [])
         reader.leftovers(entry, prefix)
@@ -119,7 +117,6 @@ def _providers(reader: ConfigReader, raw: Any, base: Path) -> dict[str, JwtProvi
         entry = reader.table(body, prefix)
         if entry is None:
             continue
-        entry = dict(entry)
         d = JwtProvider(name, ())
         issuer = reader.take(entry, prefix, "issuer", str, "") or None
         audiences = reader.take(entry, prefix, "audiences", list, [])
@@ -161,7 +158,6 @@ def _keys(reader: ConfigReader, raw: list[Any], prefix: str, base: Path) -> list
         entry = reader.table(item, key)
         if entry is None:
             continue
-        entry = dict(entry)
         kid = reader.take(entry, key, "kid", str, "") or None
         algorithm = reader.take(entry, key, "algorithm", str, "", _algorithm)
         secret = reader.take(entry, key, "secret", str, "")
