@@ -27,6 +27,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # pip's own failures fail the script (pipefail); only its noise about absent local indexes is hidden.
 quiet_pip() { .venv/bin/python -m pip "$@" --disable-pip-version-check 2>&1 | { grep -v "^WARNING: Location" || true; }; }
-quiet_pip install -q --upgrade pip
-quiet_pip install -q -e ".[test,loadtest,otel]"
-.venv/bin/python -m pip check >/dev/null
+# Installing prints setuptools' build warnings every time, so it runs only when something
+# it depends on changed: pyproject.toml or this script (the extras are on the line below),
+# or when the packages do not import from the venv (-I: not from the working directory).
+stamp=.venv/.quartgate-installed
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+  || ! .venv/bin/python -I -c "import gateway, routes, upstreams" 2>/dev/null; then
+  rm -f "$stamp"
+  quiet_pip install -q --upgrade pip
+  quiet_pip install -q -e ".[test,loadtest,otel]"
+  .venv/bin/python -m pip check >/dev/null
+  echo "$want" >"$stamp"
+fi
