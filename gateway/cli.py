@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "reload":
-        from gateway.runner import reload_command
+        from gateway.server.supervisor import reload_command
 
         return reload_command(args.config, args.pid_file, args.pid)
     try:
@@ -90,8 +90,8 @@ def route_table(config: GatewayConfig) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.runner import serve
-    from gateway.server import load_server_config
+    from gateway.server.settings import load_server_config
+    from gateway.server.supervisor import serve
 
     config_path = Path(args.config).resolve()
     server_path = args.server_config
@@ -112,7 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
     if server.workers == 1:
         server.workers = 0  # serve in this process: no supervisor needed for one worker
     with shared_runtime(server.workers):
-        return serve(server)  # drain on SIGTERM, reload on SIGHUP (gateway/runner.py)
+        return serve(server)  # drain on SIGTERM, reload on SIGHUP (gateway/server/supervisor.py)
 
 
 if __name__ == "__main__":
