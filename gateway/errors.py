@@ -13,6 +13,7 @@ from upstreams.errors import (
     RouteTimeout,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamInvalidResponse,
     UpstreamOverloaded,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -75,6 +76,8 @@ def from_upstream(error: UpstreamError, upstream: str) -> GatewayError:
         return GatewayError(504, "upstream_timeout", f"upstream {upstream!r}: {error}")
     if isinstance(error, UpstreamConnectError):
         return GatewayError(502, "upstream_unreachable", f"upstream {upstream!r}: {error}")
+    if isinstance(error, UpstreamInvalidResponse):  # Envoy's "upstream protocol error"
+        return GatewayError(502, "upstream_invalid_response", f"upstream {upstream!r}: {error}")
     if isinstance(error, UpstreamProtocolError):
         return GatewayError(502, "upstream_reset", f"upstream {upstream!r}: {error}")
     return GatewayError(502, "bad_gateway", f"upstream {upstream!r}: {error}")

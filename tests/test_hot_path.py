@@ -17,7 +17,7 @@ from gateway.proxy import _new_request_id
 from loadtests.servers import closing_sockets
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
-from upstreams.http1 import H1Connection
+from upstreams.h1.connection import H1Connection
 
 CONFIG = """
 [upstreams.mock]

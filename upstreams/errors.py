@@ -30,6 +30,21 @@ class UpstreamProtocolError(UpstreamError):
     """The upstream reset the connection or sent something that is not valid HTTP/1.1."""
 
 
+class UpstreamClosed(UpstreamProtocolError):
+    """The connection ended (FIN or RST) before a single byte of the response arrived.
+
+    On a reused connection this is the stale keep-alive race; the pool may replay the
+    request on a new connection when nothing can have happened (``upstreams/pool.py``).
+    """
+
+
+class UpstreamInvalidResponse(UpstreamProtocolError):
+    """Bytes that are not a valid HTTP/1.1 response. Never replayed, never retried: the
+    upstream received the request and answered something."""
+
+    before_response = False
+
+
 class PoolExhausted(UpstreamError):
     """No pooled connection became free within ``pool_timeout``."""
 

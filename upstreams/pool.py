@@ -17,17 +17,20 @@ from dataclasses import dataclass
 
 from upstreams.errors import (
     PoolExhausted,
+    UpstreamClosed,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from upstreams.http1 import H1Connection
+from upstreams.h1.connection import H1Connection
+from upstreams.h1.framing import LAST_CHUNK, chunk, request_head
 from upstreams.messages import UpstreamRequest, UpstreamResponse
 from upstreams.settings import TargetSpec, UpstreamSpec
 
 _NO_BODY_METHODS = frozenset({b"HEAD"})
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+#: RFC 9110 9.2.2: a repeat has the effect of one request.
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +65,16 @@ class ConnectionPool:
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """Send one request and return once the response head has arrived.
 
-        A reused connection that the upstream had closed while idle fails before any
-        response byte; a request with a replayable body is then sent once more on a new
-        connection, as nginx and httpcore do.
+        A reused connection may have been closed by the upstream while it sat idle. The
+        request is then sent once more on a new connection, but only when nothing can have
+        happened (the rule of Go's net/http transport): no byte of it was written, or the
+        method is idempotent and the connection ended before a single response byte. A
+        malformed response, a timeout or a reset mid-response is never replayed here.
         """
         spec = self._spec
         replayable = isinstance(request.body, bytes)
         no_body = request.method in _NO_BODY_METHODS
-        head = self._head_bytes(request)
+        head = request_head(request, self._host_header)
         request.sent_to = self._url
         attempt = 0
         while True:
@@ -88,7 +93,7 @@ class ConnectionPool:
                 status, headers = await conn.read_head(spec.read_timeout)
             except UpstreamError as error:
                 self._discard(conn)
-                if reused and replayable and attempt == 0 and _stale(error):
+                if reused and replayable and attempt == 0 and _may_replay(error, conn, request):
                     attempt += 1
                     continue
                 raise
@@ -102,44 +107,21 @@ class ConnectionPool:
             stream = _BodyStream(self, conn, spec.read_timeout)
             return UpstreamResponse(status, headers, stream, stream.aclose, first, False)
 
-    def _head_bytes(self, request: UpstreamRequest) -> bytes:
-        parts = [
-            request.method,
-            b" ",
-            request.target,
-            b" HTTP/1.1\r\nhost: ",
-            request.host or self._host_header,
-            b"\r\n",
-        ]
-        for name, value in request.headers:
-            parts += (name, b": ", value, b"\r\n")
-        length = request.content_length
-        if length is None:
-            parts.append(b"transfer-encoding: chunked\r\n\r\n")
-        elif length or request.method in _BODY_METHODS:
-            parts.append(b"content-length: %d\r\n\r\n" % length)
-        else:
-            parts.append(b"\r\n")
-        return b"".join(parts)
-
     async def _stream_body(self, conn: H1Connection, request: UpstreamRequest) -> None:
         body = request.body
         assert not isinstance(body, bytes)
         timeout = self._spec.write_timeout
         chunked = request.content_length is None
         sent = 0
-        async for chunk in body:
-            if not chunk:
+        async for data in body:
+            if not data:
                 continue
-            sent += len(chunk)
-            if chunked:
-                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                conn.write(chunk)
+            sent += len(data)
+            conn.write(chunk(data) if chunked else data)
             if conn.writing_paused:
                 await conn.drain(timeout)
         if chunked:
-            conn.write(b"0\r\n\r\n")
+            conn.write(LAST_CHUNK)
         elif sent != request.content_length:
             raise UpstreamProtocolError("request body shorter than its Content-Length")
 
@@ -320,8 +302,11 @@ async def _noop() -> None:
     return None
 
 
-def _stale(error: UpstreamError) -> bool:
-    return isinstance(error, UpstreamProtocolError) and error.before_response
+def _may_replay(error: UpstreamError, conn: H1Connection, request: UpstreamRequest) -> bool:
+    """Whether a request that failed on a reused connection can be sent again safely."""
+    if not isinstance(error, UpstreamClosed):
+        return False
+    return not conn.wrote or request.method in IDEMPOTENT_METHODS
 
 
 def _pool_timeout(fut: asyncio.Future[H1Connection | None], target: TargetSpec) -> None:

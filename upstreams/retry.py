@@ -13,7 +13,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from upstreams.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from upstreams.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamInvalidResponse,
+    UpstreamTimeout,
+)
 from upstreams.window import SlidingCounts
 
 IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
@@ -113,7 +118,13 @@ class RetryPolicy:
 
 
 def condition(error: UpstreamError) -> str:
-    """The ``retry_on`` word for a failure."""
+    """The ``retry_on`` word for a failure.
+
+    An invalid response is ``invalid_response``, which ``retry_on`` cannot name: the
+    upstream received the request and answered, so it is never sent again.
+    """
+    if isinstance(error, UpstreamInvalidResponse):
+        return "invalid_response"
     if isinstance(error, UpstreamConnectError):
         return "connect_error"
     if isinstance(error, UpstreamTimeout):
