@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -29,6 +29,7 @@ from prometheus_client import (
     generate_latest,
     values,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway.context import RequestContext
@@ -229,11 +230,11 @@ class GatewayMetrics:
                     self._health_seen[key] = total
 
     def exposition(self) -> bytes:
-        if self._registry is not None:
-            return generate_latest(self._registry)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        registry = self._registry
+        if registry is None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(_WithoutCreated(registry))
 
     def close(self) -> None:
         """A worker going away: its live gauges stop counting (multiprocess mode)."""
@@ -320,8 +321,21 @@ class _RouteChildren:
         ) = children
 
 
-def parse_exposition(text: str) -> Iterable[Any]:
-    """Families of a Prometheus text exposition (for tests and ``quartgate`` tooling)."""
-    from prometheus_client.parser import text_string_to_metric_families
+class _WithoutCreated:
+    """A registry's families minus the ``<name>_created`` sample of each counter and histogram.
 
-    return text_string_to_metric_families(text)
+    Those timestamps double the series of every counter and nobody queries them, and the
+    multiprocess collector never sends them, so one worker and several would differ.
+    prometheus-client's ``disable_created_metrics()`` is process-wide; this is one app's.
+    """
+
+    __slots__ = ("_registry",)
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            created = family.name + "_created"
+            family.samples = [s for s in family.samples if s.name != created]
+            yield family

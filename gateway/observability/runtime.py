@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.asgi_types import ASGIApp
-from gateway.config import ConfigError, GatewayConfig, Problem, load_config
+from gateway.config import ConfigError, GatewayConfig
 from gateway.context import Observer
 from gateway.observability.control import Control
 from gateway.observability.targets import apply_drained, target_views
@@ -33,8 +33,6 @@ log = logging.getLogger("quartgate")
 
 #: How often each worker looks for decisions made in another worker, and samples gauges.
 SYNC_INTERVAL = 1.0
-#: How long a replaced state's upstreams stay open for requests still using them.
-RETIRE_AFTER = 30.0
 
 Reloader = Callable[[], Awaitable[GatewayConfig]]
 
@@ -71,9 +69,9 @@ class Observability:
         self._proxy: Proxy | None = None
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
-        #: Replaced by the hot-reload machinery when it exists; the default is :meth:`reload`.
-        self.reloader: Reloader = self.reload
+        #: The one reload implementation, ``gateway/reload.py``'s, set by ``create_app``;
+        #: this class only counts and logs its results.
+        self.reloader: Reloader = _no_reloader
 
     # ---- wiring -------------------------------------------------------------------------
 
@@ -110,8 +108,6 @@ class Observability:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in list(self._retiring):
-            task.cancel()
         if self.access_log is not None:
             self.access_log.stop()
         if self.tracing is not None:
@@ -189,35 +185,6 @@ class Observability:
         log.info("config reloaded: %s (version %s)", config.source, config.version)
         return config
 
-    async def reload(self) -> GatewayConfig:
-        """The default reload: build a new snapshot from the same file and swap it in.
-
-        Requests in flight keep the snapshot they started with; its upstreams are closed
-        :data:`RETIRE_AFTER` seconds later. In-process app upstreams are mounted at start-up
-        and cannot change without a restart.
-        """
-        from gateway.state import build_state
-
-        assert self._proxy is not None
-        old = self._proxy.state
-        config = load_config(old.config.source)
-        if config.app_upstreams != old.config.app_upstreams:
-            raise ConfigError(
-                [Problem(config.source, "upstreams", "in-process app upstreams need a restart")]
-            )
-        if config.observability != old.config.observability:
-            log.warning("reload: [admin]/[metrics]/[access_log]/[tracing] changes need a restart")
-        state = build_state(config, self.observers)
-        self.apply_control(state)
-        start = getattr(state, "start", None)  # background work (health checks), if any
-        if start is not None:
-            start()
-        self._proxy.state = state
-        task = asyncio.create_task(_retire(old))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
-        return config
-
     def describe_config(self) -> dict[str, Any]:
         config = self.state.config
         return {
@@ -229,12 +196,5 @@ class Observability:
         }
 
 
-async def _retire(state: GatewayState) -> None:
-    retire = getattr(state, "retire", None)
-    if retire is not None:  # the upstream layer knows when its requests are done
-        await retire()
-        return
-    try:
-        await asyncio.sleep(RETIRE_AFTER)
-    finally:
-        await state.aclose()
+async def _no_reloader() -> GatewayConfig:
+    raise RuntimeError("Observability.reloader is set by create_app (gateway/reload.py)")
