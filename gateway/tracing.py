@@ -46,8 +46,3 @@ def next_hop(incoming: bytes | None, mode: str) -> tuple[bytes | None, bool]:
 
 def new_span_id() -> bytes:
     return os.urandom(8).hex().encode("ascii")
-
-
-def trace_id(traceparent: bytes | None) -> str:
-    """The trace id of a traceparent we produced, for logs."""
-    return traceparent[3:35].decode("ascii") if traceparent else ""

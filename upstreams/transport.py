@@ -1,9 +1,11 @@
 """An httpx transport over quartgate's upstream pools.
 
-With it, ``httpx.AsyncClient(transport=UpstreamTransport(upstream))`` speaks httpx's whole
-client API (health checks, user code in blueprints) over the same O(1) pools and balancer as
-the proxy hot path; the hot path itself calls :meth:`Upstream.send` directly, because a proxy
-must not follow redirects or keep a cookie jar, which is what the client layer adds.
+With it, ``httpx.AsyncClient(transport=UpstreamTransport(upstream))`` (``Upstream.client``)
+speaks httpx's whole client API, for user code in blueprints, over the same O(1) pools and
+balancer as the proxy hot path. The hot path itself calls :meth:`Upstream.send` directly,
+because a proxy must not follow redirects or keep a cookie jar, which is what the client
+layer adds; health checks (``upstreams/health.py``) call each target's sender directly, since
+a probe must reach one chosen target, never whichever one the balancer picks.
 """
 
 from __future__ import annotations
