@@ -1,4 +1,4 @@
-"""A Flask-style Quart blueprint mounted as an in-process upstream (see gateway.toml)."""
+"""A Flask-style Quart blueprint mounted as an in-process upstream (see gateway.toml beside it)."""
 
 from __future__ import annotations
 
