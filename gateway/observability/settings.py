@@ -61,9 +61,13 @@ class AccessLogSettings:
     flush_interval: float = 0.2
 
 
+#: quartgate is not on a package index: the extra installs from the checkout.
+OTEL_MISSING = "needs OpenTelemetry: in the quartgate checkout, pip install -e '.[otel]'"
+
+
 @dataclass(frozen=True, slots=True)
 class TracingSettings:
-    """``[tracing]``: OpenTelemetry spans (needs ``pip install quartgate[otel]``)."""
+    """``[tracing]``: OpenTelemetry spans (needs the ``otel`` extra: ``pip install '.[otel]'``)."""
 
     service_name: str = "quartgate"
     #: "otlp" (the OTLP/HTTP exporter, configured by the OTEL_EXPORTER_OTLP_* variables),
@@ -91,7 +95,7 @@ def parse_observability(reader: ConfigReader, data: dict[str, Any]) -> Observabi
         try:
             import opentelemetry.sdk  # noqa: F401
         except ImportError:
-            reader.problem("tracing", "needs OpenTelemetry: pip install 'quartgate[otel]'")
+            reader.problem("tracing", OTEL_MISSING)
     return ObservabilitySettings(admin, metrics, access_log, tracing)
 
 

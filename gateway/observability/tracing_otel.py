@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing (optional: ``pip install 'quartgate[otel]'``).
+"""OpenTelemetry tracing (optional: the ``otel`` extra, ``pip install -e '.[otel]'``).
 
 One SERVER span per request, parented by the incoming ``traceparent``, and one CLIENT child
 span for the upstream exchange. Both are made when the request has finished, from the times
