@@ -7,14 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ENGINES, ConfigError, GatewayConfig, Problem, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quartgate", description="An async HTTP API gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the gateway under Hypercorn")
+    serve = commands.add_parser("serve", help="run the gateway (Hypercorn or uvicorn)")
     serve.add_argument("-c", "--config", default="gateway.toml", help="gateway config (TOML)")
     serve.add_argument(
         "--server-config",
@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("-b", "--bind", action="append", help="HOST:PORT (repeatable)")
     serve.add_argument("-w", "--workers", type=int, help="worker processes")
     serve.add_argument("--pid-file", help="write the server's pid here (for quartgate reload)")
+    serve.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="the server engine; default: [server] engine in the config, else hypercorn",
+    )
 
     reload = commands.add_parser(
         "reload", help="check a config, then have the running gateway load it again (SIGHUP)"
@@ -48,16 +53,37 @@ def main(argv: list[str] | None = None) -> int:
         return reload_command(args.config, args.pid_file, args.pid)
     try:
         config = load_config(args.config)
+        if args.command == "check":
+            import_apps(config)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
     print(route_table(config))
     if args.command == "check":
-        print(
-            f"{args.config}: OK ({len(config.routes)} routes, "
-            f"{len(config.upstreams) + len(config.app_upstreams)} upstreams)"
-        )
+        n_routes = len(config.routes)
+        n_upstreams = len(config.upstreams) + len(config.app_upstreams)
+        counts = f"{_count(n_routes, 'route')}, {_count(n_upstreams, 'upstream')}"
+        print(f"{args.config}: OK ({counts})")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def import_apps(config: GatewayConfig) -> None:
+    """Import every in-process app upstream as the workers will, so that one that cannot be
+    imported is a ``file: upstreams.NAME.app: reason`` here, not a traceback per worker."""
+    from gateway.app import _import_blueprint
+
+    problems: list[Problem] = []
+    for name, spec in config.app_upstreams.items():
+        try:
+            _import_blueprint(spec.app, config.source, f"upstreams.{name}.app")
+        except ConfigError as error:
+            problems += error.problems
+    if problems:
+        raise ConfigError(problems)
 
 
 def route_table(config: GatewayConfig) -> str:
@@ -90,6 +116,7 @@ def route_table(config: GatewayConfig) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.observability.serving import add_admin_bind, shared_runtime
     from gateway.server.settings import load_server_config
     from gateway.server.supervisor import serve
 
@@ -97,11 +124,14 @@ def _serve(args: argparse.Namespace) -> int:
     server_path = args.server_config
     if server_path is None and Path("hypercorn.toml").exists():
         server_path = "hypercorn.toml"
-    from gateway.observability.serving import add_admin_bind, shared_runtime
-
     try:
-        config = load_config(config_path)  # fail here, with every reason, not inside a worker
-        server = load_server_config(server_path, bind=args.bind, workers=args.workers)
+        # Fail here, with every reason and no traceback, not inside each worker.
+        config = load_config(config_path)
+        import_apps(config)
+        engine = args.engine or config.server.engine
+        server = load_server_config(
+            server_path, bind=args.bind, workers=args.workers, engine=engine
+        )
         add_admin_bind(config, server)
         if args.pid_file:
             server.pid_path = args.pid_file
@@ -109,10 +139,18 @@ def _serve(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 1
     os.environ["QUARTGATE_CONFIG"] = str(config_path)
+    os.environ["QUARTGATE_ENGINE"] = engine
     if server.workers == 1:
         server.workers = 0  # serve in this process: no supervisor needed for one worker
-    with shared_runtime(server.workers):
-        return serve(server)  # drain on SIGTERM, reload on SIGHUP (gateway/server/supervisor.py)
+    with shared_runtime(server.workers) as runtime_dir:
+        # drain on SIGTERM, reload on SIGHUP (gateway/server/supervisor.py)
+        return serve(
+            server,
+            engine=engine,
+            gateway=config,
+            runtime_dir=runtime_dir,
+            server_file=server_path or "hypercorn.toml",
+        )
 
 
 if __name__ == "__main__":

@@ -72,6 +72,17 @@ class GatewaySettings:
     body_timeout: float = 60.0
 
 
+#: ``[server] engine``: the server that runs the gateway (docs/server.md).
+ENGINES = ("hypercorn", "uvicorn")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """``[server]``: which engine serves the gateway; its settings are in hypercorn.toml."""
+
+    engine: str = "hypercorn"
+
+
 @dataclass(frozen=True, slots=True)
 class AppUpstreamSpec:
     """An in-process upstream: a Quart blueprint (``"module:attribute"``) mounted in the app."""
@@ -93,6 +104,8 @@ class GatewayConfig:
     version: str = ""
     #: ``[consumers]``, ``[jwt_providers]``, ``[redis]`` for route policies (docs/policies.md).
     edge: EdgeSettings = field(default_factory=EdgeSettings)
+    #: ``[server]``: the engine (docs/server.md).
+    server: ServerSettings = ServerSettings()
 
 
 class ConfigReader:
@@ -169,6 +182,7 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
     upstreams, apps = _upstreams(reader, data.pop("upstreams", {}))
     routes = _routes(reader, data.pop("routes", []), set(upstreams) | set(apps))
     observability = parse_observability(reader, data)
+    server = _server(reader, data.pop("server", {}))
     edge = parse_edge(reader, data, file)
     check_routes(reader, routes, edge)
     reader.leftovers(data, "")
@@ -177,8 +191,18 @@ def parse_config(data: dict[str, Any], file: str = "<config>") -> GatewayConfig:
     if problems:
         raise ConfigError(problems)
     return GatewayConfig(
-        file, gateway, upstreams, apps, routes, observability=observability, edge=edge
-    )
+        file, gateway, upstreams, apps, routes, observability=observability, edge=edge,
+        server=server,
+    )  # fmt: skip
+
+
+def _server(reader: ConfigReader, raw: Any) -> ServerSettings:
+    table = reader.table(raw, "server")
+    if table is None:
+        return ServerSettings()
+    engine = reader.take(table, "server", "engine", str, "hypercorn", _one_of(ENGINES))
+    reader.leftovers(table, "server")
+    return ServerSettings(engine)
 
 
 def _gateway(reader: ConfigReader, raw: Any) -> GatewaySettings:

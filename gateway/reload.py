@@ -25,6 +25,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("quartgate")
 
 
+def reload_problems(old: GatewayConfig, new: GatewayConfig) -> list[Problem]:
+    """What a running gateway cannot take from a new file without a restart.
+
+    Checked in each worker and, with several workers, by the supervisor before it passes
+    the reload on, so a refused reload is refused (and counted) once.
+    """
+    problems = []
+    if new.app_upstreams != old.app_upstreams:
+        reason = "in-process app upstreams changed: that needs a restart"
+        problems.append(Problem(new.source, "upstreams", reason))
+    if new.server != old.server:
+        problems.append(
+            Problem(new.source, "server.engine", "the engine changed: that needs a restart")
+        )
+    return problems
+
+
 class HotReload:
     """Reloads one app's :class:`Proxy` snapshot from its config file."""
 
@@ -42,16 +59,9 @@ class HotReload:
         async with self._lock:  # two SIGHUPs in a row: one reload after the other
             old = self._proxy.state
             config = load_config(old.config.source)
-            if config.app_upstreams != old.config.app_upstreams:
-                raise ConfigError(
-                    [
-                        Problem(
-                            config.source,
-                            "upstreams",
-                            "in-process app upstreams changed: that needs a restart",
-                        )
-                    ]
-                )
+            problems = reload_problems(old.config, config)
+            if problems:
+                raise ConfigError(problems)
             state = build_state(config, old.observers)
             for hook in self.prepare:
                 hook(state)

@@ -36,7 +36,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
   || ! .venv/bin/python -I -c "import gateway, routes, upstreams" 2>/dev/null; then
   rm -f "$stamp"
   quiet_pip install -q --upgrade pip
-  quiet_pip install -q -e ".[test,loadtest,otel]"
+  quiet_pip install -q -e ".[test,loadtest,otel,fast]"
   .venv/bin/python -m pip check >/dev/null
   echo "$want" >"$stamp"
 fi

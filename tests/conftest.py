@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import GatewayProcess, free_port, serving
+from tests.support.gateway import ENGINES, GatewayProcess, free_port, serving
 from tests.support.upstream import UpstreamServer
 
 
@@ -26,6 +26,18 @@ def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     args = [sys.executable, "-m", "loadtests.mock_upstream", "--port", str(port)]
     with serving(args, port, log):
         yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each server engine in turn: a test that takes it runs once per engine.
+
+    Pass it on as ``make_gateway(CONFIG, engine=engine)`` or
+    ``GatewayProcess(path, engine=engine)``. Take it in tests that prove behaviour the
+    engine serves (framing, timeouts, drain, binds, workers, signals), not in every test:
+    the suite's time doubles with each test that takes it.
+    """
+    return str(request.param)
 
 
 @pytest.fixture

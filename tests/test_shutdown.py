@@ -61,9 +61,12 @@ class Load:
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_sigterm_under_load_finishes_in_flight_requests_and_fails_none(
-    make_gateway: Callable[..., GatewayProcess], upstream: FaultyUpstream, workers: int
+    make_gateway: Callable[..., GatewayProcess],
+    upstream: FaultyUpstream,
+    workers: int,
+    engine: str,
 ) -> None:
-    gateway = make_gateway(CONFIG.format(url=upstream.url), workers=workers)
+    gateway = make_gateway(CONFIG.format(url=upstream.url), workers=workers, engine=engine)
     load = Load(gateway.url)
     deadline = time.monotonic() + 20  # bounds the load loop even if SIGTERM went unheard
     clients = [asyncio.create_task(load.client(deadline)) for _ in range(8)]

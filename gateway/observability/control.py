@@ -28,6 +28,10 @@ class Control:
         self.drained: set[tuple[str, str]] = set()
         #: Bumped by every reload request, so each worker reloads once per bump.
         self.generation = 0
+        #: Reloads the supervisor checked (refused or passed on to every worker), by result,
+        #: not yet in a worker's metrics: the first worker to sync takes and counts them,
+        #: so a reload is counted once, not once per worker.
+        self.reloads_to_count: dict[str, int] = {}
         self._path = Path(runtime_dir) / CONTROL_FILE if runtime_dir else None
         self._seen: str | None = None
 
@@ -73,11 +77,13 @@ class Control:
             return False
         self._seen = text
         data = json.loads(text)
-        before = (self.draining, self.drained, self.generation)
+        before = (self.draining, self.drained, self.generation, self.reloads_to_count)
         self.draining = bool(data.get("draining", False))
         self.drained = {(str(u), str(t)) for u, t in data.get("drained", [])}
         self.generation = int(data.get("generation", 0))
-        return before != (self.draining, self.drained, self.generation)
+        counts = data.get("reloads_to_count", {})
+        self.reloads_to_count = {str(k): int(v) for k, v in counts.items()}
+        return before != (self.draining, self.drained, self.generation, self.reloads_to_count)
 
     def _save(self) -> None:
         assert self._path is not None
@@ -85,6 +91,7 @@ class Control:
             "draining": self.draining,
             "drained": sorted(self.drained),
             "generation": self.generation,
+            "reloads_to_count": self.reloads_to_count,
         }
         text = json.dumps(data)
         temp = self._path.with_name(f".{CONTROL_FILE}.{os.getpid()}")

@@ -120,6 +120,8 @@ class Observability:
     def sync(self) -> None:
         """Apply the latest operator decisions (from another worker too) to this worker."""
         self.control.poll()
+        if self.control.reloads_to_count:
+            self._take_reload_counts()
         self.apply_control(self.state)
         if self.metrics is not None:
             self.metrics.sample(self.state, self.control)
@@ -132,7 +134,7 @@ class Observability:
                 self.sync()
                 if self.control.generation != self._generation:
                     self._generation = self.control.generation
-                    await self.reload_counted()
+                    await self.reload_following()  # counted by the worker that was asked
             except (OSError, ValueError) as error:
                 log.error("observability sync failed: %s", error)
 
@@ -167,23 +169,42 @@ class Observability:
         return config, previous
 
     async def reload_counted(self) -> None:
+        """SIGHUP. With several workers the supervisor checked and counted it already."""
+        if self.control.shared:
+            await self.reload_following()
+            return
         with contextlib.suppress(ConfigError):
             await self._reload_counted()
 
-    async def _reload_counted(self) -> GatewayConfig:
+    async def reload_following(self) -> None:
+        """Reload as one of several workers: the reload is counted elsewhere, once."""
+        with contextlib.suppress(ConfigError):
+            await self._reload_counted(count=False)
+
+    async def _reload_counted(self, count: bool = True) -> GatewayConfig:
+        metrics = self.metrics if count else None
         try:
             config = await self.reloader()
         except ConfigError as error:
-            if self.metrics is not None:
-                self.metrics.config_reloads.labels("failure").inc()
+            if metrics is not None:
+                metrics.config_reloads.labels("failure").inc()
             log.error("config reload failed:\n%s", error)
             raise
         self.loaded_at = time.time()
+        if metrics is not None:
+            metrics.config_reloads.labels("success").inc()
         if self.metrics is not None:
-            self.metrics.config_reloads.labels("success").inc()
             self.metrics.config_loaded(config.version, config.source, self.loaded_at)
         log.info("config reloaded: %s (version %s)", config.source, config.version)
         return config
+
+    def _take_reload_counts(self) -> None:
+        """Count the reloads the supervisor checked, in this worker only (under the lock)."""
+        with self.control.change() as control:
+            taken, control.reloads_to_count = control.reloads_to_count, {}
+        if self.metrics is not None:
+            for result, n in taken.items():
+                self.metrics.config_reloads.labels(result).inc(n)
 
     def describe_config(self) -> dict[str, Any]:
         config = self.state.config

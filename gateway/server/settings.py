@@ -1,7 +1,9 @@
-"""Hypercorn settings from ``hypercorn.toml``, checked key by key.
+"""Server settings from ``hypercorn.toml``, checked key by key, for either engine.
 
-Hypercorn's own ``Config.from_toml`` accepts unknown keys silently (PITFALLS.md): a misspelt
-``keep_alive_timout`` would leave the default in force. Here it is an error.
+The file keeps Hypercorn's key names on both engines (it is Hypercorn's ``Config``, which
+also makes the listening sockets). Hypercorn's own ``Config.from_toml`` accepts unknown keys
+silently: a misspelt ``keep_alive_timout`` would leave the default in force. Here it is an
+error, and so is a key the chosen engine would not honour (:data:`UVICORN_KEYS`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,34 @@ DEFAULTS: dict[str, Any] = {
     "backlog": 2048,
     "accesslog": None,
     "errorlog": "-",
+}
+
+
+#: The hypercorn.toml keys the uvicorn engine honours, each with the same meaning
+#: (gateway/server/uvicorn_engine.py); any other key set in the file is refused with it.
+UVICORN_KEYS = frozenset(
+    {
+        "bind",
+        "workers",
+        "worker_class",
+        "keep_alive_timeout",
+        "keep_alive_max_requests",
+        "graceful_timeout",
+        "backlog",
+        "h11_max_incomplete_size",
+        "include_date_header",
+        "include_server_header",
+        "pid_path",
+        "errorlog",
+    }
+)
+#: Why a key is refused on uvicorn, where there is more to say than "not supported".
+UVICORN_WHY = {
+    "certfile": "TLS is served by the hypercorn engine only (or terminate TLS in front)",
+    "keyfile": "TLS is served by the hypercorn engine only (or terminate TLS in front)",
+    "alpn_protocols": "HTTP/2 is served by the hypercorn engine only",
+    "accesslog": "use [access_log] in the gateway config: it works on both engines",
+    "read_timeout": "uvicorn has no per-read timeout; keep_alive_timeout bounds a slow head",
 }
 
 
@@ -56,7 +86,13 @@ def load_server_config(
     *,
     bind: list[str] | None = None,
     workers: int | None = None,
+    engine: str = "hypercorn",
 ) -> Config:
+    """The settings in ``path`` (or the defaults), checked for ``engine``.
+
+    A :class:`ConfigError` names every key that is not a Hypercorn setting and, on the
+    uvicorn engine, every key it would not honour, as ``file: key: reason``.
+    """
     settings = dict(DEFAULTS)
     if path is not None:
         file = str(path)
@@ -73,6 +109,16 @@ def load_server_config(
         ]
         if "application_path" in data:
             problems.append(Problem(file, "application_path", "is set by quartgate"))
+        if engine == "uvicorn":
+            problems += [
+                Problem(file, key, UVICORN_WHY.get(key, "not supported by the uvicorn engine"))
+                for key in data
+                if key not in UVICORN_KEYS and hasattr(Config, key)
+            ]
+            worker_class = data.get("worker_class", "uvloop")
+            if worker_class not in ("asyncio", "uvloop"):
+                reason = f"the uvicorn engine runs asyncio or uvloop, not {worker_class!r}"
+                problems.append(Problem(file, "worker_class", reason))
         if problems:
             raise ConfigError(problems)
         settings.update(data)

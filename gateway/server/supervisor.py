@@ -1,65 +1,72 @@
-"""How ``quartgate serve`` runs Hypercorn: graceful drain on SIGTERM, hot reload on SIGHUP.
+"""How ``quartgate serve`` runs its workers, on either engine: drain on SIGTERM, reload on SIGHUP.
 
-Hypercorn's own runner (``hypercorn.run.run``) does not fit a gateway on two points:
+Hypercorn's own runner (``hypercorn.run.run``) and uvicorn's do not fit a gateway on two
+points:
 
-- On SIGHUP its master restarts every worker, and a worker that fails to load a broken
+- On SIGHUP their master restarts every worker, and a worker that fails to load a broken
   file brings the whole server down. Here the master checks the file first; a bad file is
-  refused with its reasons logged and the workers keep serving; a good one is passed on as
-  SIGHUP to each worker, which swaps its snapshot in place (gateway/reload.py), so no
-  connection is dropped and in-flight requests finish on the old upstreams.
-- On SIGTERM it stops listening and at once closes every keep-alive connection that is
-  between two requests, and responses still in flight go out as keep-alive: under steady
-  load, clients whose next request is on its way meet a closed connection ("server
-  disconnected without sending a response"). Here SIGTERM starts a drain first: the
-  listening sockets stop accepting (new connections are refused, which any client or load
-  balancer may safely retry), every response from then on says ``Connection: close``
-  (HTTP/2: GOAWAY), and busy keep-alive clients get their next request answered and leave.
-  Once no connection has had a request in progress for ``QUIET`` seconds (at most
-  ``LINGER``), Hypercorn's own shutdown runs: idle connections close and requests in
-  flight get ``graceful_timeout``.
+  refused with its reasons logged (and counted as a failed reload) and the workers keep
+  serving; a good one is passed on as SIGHUP to each worker, which swaps its snapshot in
+  place (gateway/reload.py), so no connection is dropped and in-flight requests finish on
+  the old upstreams.
+- On SIGTERM they stop listening and close keep-alive connections at once, though under
+  steady load a client's next request is often on its way. Here each worker drains
+  (gateway/server/drain.py): refuse new connections, ``Connection: close`` on every
+  response, then close what is idle and give requests in flight ``graceful_timeout``.
 
-Everything else is Hypercorn's: the same ``worker_serve``, sockets made by its config and
-inherited by spawned workers, and ``graceful_timeout`` for requests in flight.
+The engine (gateway/server/hypercorn_engine.py or uvicorn_engine.py) only serves one
+worker; sockets are made here, by Hypercorn's config, and inherited by spawned workers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import importlib
 import logging
 import multiprocessing
 import os
 import signal
-import socket
+import sys
 from multiprocessing.connection import wait
 from multiprocessing.synchronize import Event
 from typing import Any
 
 from hypercorn.config import Config, Sockets
 
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config
 
 log = logging.getLogger("quartgate")
 
-#: Longest wait, after SIGTERM, for keep-alive clients to take their Connection: close.
-LINGER = 2.0
-#: The drain ends early once no connection has had a request in progress for this long.
-QUIET = 0.1
 
+def serve(
+    config: Config,
+    *,
+    engine: str = "hypercorn",
+    gateway: GatewayConfig | None = None,
+    runtime_dir: str | None = None,
+    server_file: str = "hypercorn.toml",
+) -> int:
+    """Serve ``config.application_path`` on ``engine`` with ``config.workers`` processes.
 
-def serve(config: Config) -> int:
-    """Serve ``config.application_path`` with ``config.workers`` processes (0 or 1: here)."""
+    0 or 1 worker: served in this process. ``gateway`` is the config the workers start
+    with (the master checks reloads against it); ``runtime_dir`` the workers' shared
+    directory, where the master counts the reloads it refuses or passes on.
+    """
     # A reload request during start-up must not kill the server (SIGHUP's default action);
     # the reload handler replaces this once the app is serving.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        sockets = config.create_sockets()
+    except OSError as error:
+        binds = ", ".join(config.bind)
+        print(f"{server_file}: bind: cannot listen on {binds}: {error.strerror}", file=sys.stderr)
+        return 1
     if config.pid_path is not None:
         with open(config.pid_path, "w") as file:
             file.write(str(os.getpid()))
     try:
         if config.workers <= 1:
-            run_worker(config)
-            return 0
-        return _Supervisor(config).run()
+            return run_worker(engine, config, sockets)
+        return _Supervisor(config, engine, sockets, gateway, runtime_dir).run()
     finally:
         if config.pid_path is not None and os.path.exists(config.pid_path):
             os.unlink(config.pid_path)
@@ -93,103 +100,30 @@ def reload_command(config_path: str, pid_file: str | None, pid: int | None) -> i
 
 # ---- a worker ------------------------------------------------------------------------------
 
-
-def run_worker(config: Config, sockets: Sockets | None = None, ready: Event | None = None) -> None:
-    """One serving process: load the app, serve until SIGTERM/SIGINT, drain, return."""
-    from hypercorn.utils import load_application
-
-    app: Any = load_application(config.application_path, config.wsgi_max_body_size)
-    if sockets is None:
-        sockets = config.create_sockets()
-    loop_factory = None
-    if config.worker_class == "uvloop":
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    elif config.worker_class != "asyncio":
-        raise ValueError(
-            f"quartgate serve runs asyncio or uvloop workers, not {config.worker_class!r}"
-        )
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(app, config, sockets, ready))
+#: ``[server] engine`` -> the module that serves one worker on it.
+ENGINE_MODULES = {
+    "hypercorn": "gateway.server.hypercorn_engine",
+    "uvicorn": "gateway.server.uvicorn_engine",
+}
 
 
-async def _serve(app: Any, config: Config, sockets: Sockets, ready: Event | None) -> None:
-    from hypercorn.asyncio.run import worker_serve
-
-    quart = app.app  # Hypercorn's ASGI wrapper around the Quart app
-    loop = asyncio.get_running_loop()
-    draining = asyncio.Event()
-
-    def on_stop() -> None:
-        if draining.is_set():
-            return
-        log.info(
-            "stopping: no new connections; in-flight requests get %gs", config.graceful_timeout
-        )
-        # Hypercorn says "Connection: close" (HTTP/2: GOAWAY) once a connection has served
-        # keep_alive_max_requests; 0 makes that every response from now on, at no cost.
-        config.keep_alive_max_requests = 0
-        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-            _stop_accepting(loop, sock)
-        draining.set()
-
-    async def drained() -> None:
-        await draining.wait()
-        until = loop.time() + min(LINGER, config.graceful_timeout)
-        quiet_since = loop.time()
-        while (now := loop.time()) < until:
-            if _busy_connections():
-                quiet_since = now
-            elif now - quiet_since >= QUIET:
-                break
-            await asyncio.sleep(0.02)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop)
-    if ready is not None:
-
-        async def signal_ready() -> None:  # registered last: runs after the gateway's own
-            ready.set()
-
-        quart.before_serving(signal_ready)
-
-    await worker_serve(app, config, sockets=sockets, shutdown_trigger=drained)
+def run_worker(
+    engine: str, config: Config, sockets: Sockets | None = None, ready: Event | None = None
+) -> int:
+    """Serve until stopped; a config error (the file changed since the master read it) is
+    one ``file: key: reason`` line per problem and exit status 1, never a traceback."""
+    module = importlib.import_module(ENGINE_MODULES[engine])
+    try:
+        module.run_worker(config, sockets, ready)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
 
 
-def _stop_accepting(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    """New connections are refused from now on; accepted ones are untouched.
-
-    ``shutdown`` on a listening socket is what refuses them (for every worker sharing it);
-    the reader is removed first so an asyncio loop does not spin on a socket that can no
-    longer accept (uvloop's accept is not a reader and ignores this).
-    """
-    with contextlib.suppress(OSError, ValueError, NotImplementedError):
-        loop.remove_reader(sock.fileno())
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _busy_connections() -> int:
-    """Client connections of this worker with a request in progress.
-
-    Read from Hypercorn's tasks: one per connection, plus an idle-timeout task on each
-    connection that is between requests. Should those names change, every connection
-    counts as busy and the drain just waits its full ``LINGER``.
-    """
-    connections = idle = 0
-    for task in asyncio.all_tasks():
-        name = getattr(task.get_coro(), "__qualname__", "")
-        if name.endswith("._server_callback"):
-            connections += 1
-        elif name == "TCPServer._idle_timeout":
-            idle += 1
-    return connections - idle
-
-
-def _worker_main(config: Config, sockets: Sockets, ready: Event) -> None:
+def _worker_main(engine: str, config: Config, sockets: Sockets, ready: Event) -> None:
     """Entry point of a spawned worker process."""
-    run_worker(config, sockets, ready)
+    sys.exit(run_worker(engine, config, sockets, ready))
 
 
 # ---- several workers -------------------------------------------------------------------------
@@ -198,8 +132,19 @@ def _worker_main(config: Config, sockets: Sockets, ready: Event) -> None:
 class _Supervisor:
     """Starts the workers, checks reloads, forwards signals, and waits for the workers."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        engine: str,
+        sockets: Sockets,
+        gateway: GatewayConfig | None,
+        runtime_dir: str | None,
+    ) -> None:
         self.config = config
+        self.engine = engine
+        self.sockets = sockets
+        self.running = gateway
+        self.runtime_dir = runtime_dir
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[tuple[Any, Event]] = []
         self.stopping = False
@@ -209,7 +154,6 @@ class _Supervisor:
 
         configure_logging()
         config = self.config
-        self.sockets = config.create_sockets()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._reload)
@@ -217,7 +161,12 @@ class _Supervisor:
             ready = self.context.Event()
             process = self.context.Process(
                 target=_worker_main,
-                kwargs={"config": config, "sockets": self.sockets, "ready": ready},
+                kwargs={
+                    "engine": self.engine,
+                    "config": config,
+                    "sockets": self.sockets,
+                    "ready": ready,
+                },
             )
             process.start()
             self.workers.append((process, ready))
@@ -246,20 +195,40 @@ class _Supervisor:
         self._close_sockets()  # with the workers' copies closed, new connections are refused
 
     def _reload(self, *_: Any) -> None:
+        from gateway.reload import reload_problems
+
         path = os.environ.get("QUARTGATE_CONFIG", "gateway.toml")
         try:
-            load_config(path)
+            config = load_config(path)
+            problems = reload_problems(self.running, config) if self.running else []
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as error:
             log.error(
                 "config reload refused, the workers keep the running config:\n%s",
                 "\n".join(str(p) for p in error.problems),
             )
+            self._count("failure")
             return
+        self.running = config
         for process, ready in self.workers:
             # A worker still starting reads the (checked) file itself; SIGHUP before its
             # handler exists would kill it.
             if ready.is_set() and process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGHUP)
+        self._count("success")
+
+    def _count(self, result: str) -> None:
+        """One reload, one count, whatever the number of workers (gateway/observability)."""
+        if self.runtime_dir is None:
+            return
+        from gateway.observability.control import Control
+
+        try:
+            with Control(self.runtime_dir).change() as control:
+                control.reloads_to_count[result] = control.reloads_to_count.get(result, 0) + 1
+        except (OSError, ValueError) as error:
+            log.error("reload not counted: %s", error)
 
     def _close_sockets(self) -> None:
         for sock in [*self.sockets.secure_sockets, *self.sockets.insecure_sockets]:

@@ -1,4 +1,14 @@
-"""Run the real gateway (``quartgate serve`` under Hypercorn) as a subprocess for a test."""
+"""Run the real gateway (``quartgate serve``, on either engine) as a subprocess for a test.
+
+``GatewayProcess(config, engine="uvicorn")`` serves it on the fast engine; the default,
+``None``, leaves the choice to the config (``[server] engine``, else Hypercorn). To run a
+test on every engine, take the ``engine`` fixture of tests/conftest.py and pass it on::
+
+    def test_x(make_gateway, engine):
+        gateway = make_gateway(CONFIG, engine=engine)
+
+or, for a module-scoped gateway, parametrize the fixture with :data:`ENGINES`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+#: Every engine ``quartgate serve --engine`` runs (gateway.config.ENGINES).
+ENGINES = ("hypercorn", "uvicorn")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -65,6 +77,7 @@ class GatewayProcess:
         server_config: str | None = None,
         workers: int = 1,
         extra_args: tuple[str, ...] = (),
+        engine: str | None = None,
     ) -> None:
         self.config = config
         self.port = free_port()
@@ -72,6 +85,7 @@ class GatewayProcess:
         self.workers = workers
         self.server_config = server_config
         self.extra_args = extra_args
+        self.engine = engine
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -94,6 +108,7 @@ class GatewayProcess:
             f"127.0.0.1:{self.port}",
             "--workers",
             str(self.workers),
+            *(["--engine", self.engine] if self.engine else []),
             *self.extra_args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -1,0 +1,82 @@
+"""One serving worker on Hypercorn 0.18 (h11, h2): the default engine.
+
+Everything is Hypercorn's own ``worker_serve`` with the gateway's shutdown trigger (the
+drain in gateway/server/drain.py) and the workarounds of gateway/server/hypercorn_patches.py,
+checked before the app is loaded. HTTP/2 (TLS or h2c prior knowledge) is only on this engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from multiprocessing.synchronize import Event
+from typing import Any
+
+from hypercorn.config import Config, Sockets
+
+from gateway.server import hypercorn_patches
+from gateway.server.drain import stop_accepting, wait_quiet
+
+log = logging.getLogger("quartgate")
+
+
+def run_worker(config: Config, sockets: Sockets | None = None, ready: Event | None = None) -> None:
+    """One serving process: load the app, serve until SIGTERM/SIGINT, drain, return."""
+    hypercorn_patches.check()  # before anything is served: fail loudly, not half-patched
+    os.environ["QUARTGATE_ENGINE"] = "hypercorn"  # gateway.asgi applies the workarounds
+    from hypercorn.utils import load_application
+
+    app: Any = load_application(config.application_path, config.wsgi_max_body_size)
+    if sockets is None:
+        sockets = config.create_sockets()
+    loop_factory = None
+    if config.worker_class == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    elif config.worker_class != "asyncio":
+        raise ValueError(
+            f"quartgate serve runs asyncio or uvloop workers, not {config.worker_class!r}"
+        )
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(app, config, sockets, ready))
+
+
+async def _serve(app: Any, config: Config, sockets: Sockets, ready: Event | None) -> None:
+    from hypercorn.asyncio.run import worker_serve
+
+    quart = app.app  # Hypercorn's ASGI wrapper around the Quart app
+    loop = asyncio.get_running_loop()
+    draining = asyncio.Event()
+
+    def on_stop() -> None:
+        if draining.is_set():
+            return
+        log.info(
+            "stopping: no new connections; in-flight requests get %gs", config.graceful_timeout
+        )
+        # Hypercorn says "Connection: close" (HTTP/2: GOAWAY) once a connection has served
+        # keep_alive_max_requests; 0 makes that every response from now on, at no cost.
+        config.keep_alive_max_requests = 0
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            stop_accepting(loop, sock)
+        draining.set()
+
+    async def drained() -> None:
+        await draining.wait()
+        await wait_quiet(hypercorn_patches.busy_connections, config.graceful_timeout)
+        # Hypercorn's own shutdown follows: idle connections close at once (its idle timers
+        # watch context.terminated), requests in flight get graceful_timeout.
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop)
+    if ready is not None:
+
+        async def signal_ready() -> None:  # registered last: runs after the gateway's own
+            ready.set()
+
+        quart.before_serving(signal_ready)
+
+    await worker_serve(app, config, sockets=sockets, shutdown_trigger=drained)

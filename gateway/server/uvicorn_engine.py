@@ -1,0 +1,308 @@
+"""One serving worker on uvicorn with httptools: the fast engine (``engine = "uvicorn"``).
+
+Why uvicorn and not granian (docs/server.md has the figures): the same throughput per core
+on this gateway, half the memory, and it runs inside the gateway's own process on the
+gateway's own sockets: one ``uvicorn.Server`` serves every bind (public and admin) of a
+worker, the supervisor, drain and SIGHUP reload are the same code as on Hypercorn.
+
+What the gateway adds to uvicorn's HTTP/1.1 protocol (:class:`GatewayHttpToolsProtocol`),
+so that the same settings mean the same on both engines:
+
+- ``keep_alive_timeout`` (hypercorn.toml): a connection that has not started a request
+  head within it of opening or of its last response is closed (uvicorn alone never times
+  out a connection that has sent nothing yet).
+- ``[gateway] header_timeout``: from the first byte of a request head to its end, at most
+  that long, then 408 and close (as gateway/server/protocol_guard.py does on Hypercorn).
+- ``h11_max_incomplete_size``: a request head still incomplete after a read and larger
+  than this is answered 431 and the connection closed (h11's rule; httptools has no cap).
+- ``keep_alive_max_requests``: the response to a connection's last allowed request says
+  ``Connection: close``; during the drain every response does.
+- The parser's own refusals carry the gateway's JSON error body, as on Hypercorn, and the
+  gateway's status: 501 for a method httptools does not know (llhttp has a fixed list),
+  413 for a Content-Length too large to parse, else 400.
+
+uvicorn's own signal handling is replaced by the gateway's (SIGTERM/SIGINT drain; SIGHUP
+reloads in the app, gateway/reload.py), its access log is off (the gateway has its own),
+and it never rewrites the client address from ``X-Forwarded-For`` (``proxy_headers``
+off: the gateway decides which peers to trust, ``[gateway] trusted_proxies``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import httptools
+import uvicorn
+from hypercorn.config import Config, Sockets
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.errors import error_body
+from gateway.server.drain import stop_accepting, wait_quiet
+
+log = logging.getLogger("quartgate")
+
+
+def _error_response(status: bytes, code: str, detail: str) -> bytes:
+    """A whole response with the gateway's JSON error body; the connection closes after it."""
+    body = error_body(code, detail, "")
+    return (
+        b"HTTP/1.1 %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%b" % (status, len(body), body)
+    )
+
+
+class Limits:
+    """Per-worker settings and drain state that every connection's protocol reads."""
+
+    def __init__(self, config: Config, header_timeout: float) -> None:
+        self.idle_timeout = float(config.keep_alive_timeout)
+        self.header_timeout = header_timeout
+        self.head_limit = int(config.h11_max_incomplete_size)
+        self.max_requests = int(config.keep_alive_max_requests)
+        self.draining = False
+        self.head_too_large = _error_response(
+            b"431 Request Header Fields Too Large", "headers_too_large", "request head too large"
+        )
+        self.head_timed_out = _error_response(
+            b"408 Request Timeout",
+            "request_header_timeout",
+            f"no complete request head within {header_timeout:g} s",
+        )
+        self.unknown_method = _error_response(
+            b"501 Not Implemented", "method_not_implemented", "unknown request method"
+        )
+        self.too_large = _error_response(
+            b"413 Content Too Large", "payload_too_large", "request body too large"
+        )
+        self.bad_request = _error_response(
+            b"400 Bad Request",
+            "bad_request",
+            "malformed HTTP/1.1 request (refused by the HTTP parser)",
+        )
+
+
+class GatewayConfig(uvicorn.Config):
+    """uvicorn's settings plus the worker's :class:`Limits`, which every protocol reads."""
+
+    def __init__(self, app: Any, limits: Limits, **settings: Any) -> None:
+        super().__init__(app, http=GatewayHttpToolsProtocol, **settings)
+        self.limits = limits
+
+
+class GatewayHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the timeouts, the head cap and the request cap.
+
+    Between requests the idle timer (``keep_alive_timeout``) runs until a head is
+    complete, as Hypercorn's does; from a head's first byte the header timer
+    (``header_timeout``) runs too. While a request is in progress neither runs (the body
+    timeout is the gateway's own, ``[gateway] body_timeout``).
+    """
+
+    config: GatewayConfig
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._limits = self.config.limits
+        self._requests = 0
+        self._head_bytes = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, with the head accounting and the parser's refusals told apart."""
+        waiting = self._idle_timer is not None  # between requests: this starts a head
+        if waiting:
+            self._head_bytes += len(data)
+            if self._head_timer is None and data and self._limits.header_timeout > 0:
+                self._head_timer = self.loop.call_later(
+                    self._limits.header_timeout, self._head_timed_out
+                )
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            self._refuse(self._limits.unknown_method)
+            return
+        except httptools.HttpParserError as error:
+            overflow = "Content-Length overflow" in str(error)
+            self._refuse(self._limits.too_large if overflow else self._limits.bad_request)
+            return
+        except httptools.HttpParserUpgrade:
+            pass  # ws = "none": served as plain HTTP/1.1, Upgrade never honoured
+        if (
+            self._idle_timer is not None  # the head is still incomplete after this read
+            and self._head_bytes > self._limits.head_limit
+            and not self.transport.is_closing()
+        ):
+            self._refuse(self._limits.head_too_large)
+
+    def on_headers_complete(self) -> None:
+        self._stop_timers()
+        before = self.cycle
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:
+            self._requests += 1
+            if self._limits.draining or self._requests >= self._limits.max_requests:
+                cycle.keep_alive = False
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._await_head()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(self._limits.bad_request)
+
+    def busy(self) -> bool:
+        """A request in progress: its head is complete and its response is not."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _await_head(self) -> None:
+        self._stop_timers()
+        self._head_bytes = 0
+        seconds = self._limits.idle_timeout if self._limits.idle_timeout > 0 else 365 * 86400.0
+        self._idle_timer = self.loop.call_later(seconds, self._idle_timed_out)
+
+    def _stop_timers(self) -> None:
+        for timer in (self._idle_timer, self._head_timer):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._head_timer = None
+
+    def _idle_timed_out(self) -> None:
+        self._idle_timer = None
+        if not self.busy():
+            self._stop_timers()
+            self.transport.close()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.busy():
+            log.info(
+                "client %s did not send a complete request head within %g s; closing",
+                self.client,
+                self._limits.header_timeout,
+            )
+            self._refuse(self._limits.head_timed_out)
+
+    def _refuse(self, response: bytes) -> None:
+        self._stop_timers()
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server without its signal handling: the worker's drain owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def run_worker(config: Config, sockets: Sockets | None = None, ready: Event | None = None) -> None:
+    """One serving process: load the app, serve until SIGTERM/SIGINT, drain, return."""
+    os.environ["QUARTGATE_ENGINE"] = "uvicorn"  # gateway.asgi: no Hypercorn workarounds
+    module, _, name = config.application_path.partition(":")
+    app: Any = getattr(importlib.import_module(module), name)
+    if sockets is None:
+        sockets = config.create_sockets()
+    listeners = list(sockets.insecure_sockets)
+    loop_factory = None
+    if config.worker_class == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(app, config, listeners, ready))
+
+
+async def _serve(
+    app: Any, config: Config, listeners: list[socket.socket], ready: Event | None
+) -> None:
+    limits = Limits(config, _header_timeout(app))
+    settings = GatewayConfig(
+        app,
+        limits,
+        ws="none",
+        lifespan="on",
+        interface="asgi3",
+        loop="none",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        server_header=config.include_server_header,
+        date_header=config.include_date_header,
+        timeout_keep_alive=int(config.keep_alive_timeout),
+        timeout_graceful_shutdown=int(config.graceful_timeout),
+        backlog=config.backlog,
+    )
+    server = Server(settings)
+    loop = asyncio.get_running_loop()
+    draining = asyncio.Event()
+
+    def on_stop() -> None:
+        if draining.is_set():  # Ctrl-C reaches the workers twice: directly and forwarded
+            return
+        log.info(
+            "stopping: no new connections; in-flight requests get %gs", config.graceful_timeout
+        )
+        limits.draining = True  # every response from now on says Connection: close
+        for sock in listeners:
+            stop_accepting(loop, sock)
+        for connection in _connections(server):
+            if connection.busy():
+                connection.cycle.keep_alive = False
+        draining.set()
+
+    def busy() -> int:
+        return sum(1 for connection in _connections(server) if connection.busy())
+
+    async def drained() -> None:
+        await draining.wait()
+        await wait_quiet(busy, config.graceful_timeout)
+        # uvicorn's own shutdown follows: idle connections close at once, requests in
+        # flight get graceful_timeout, then the app's lifespan shutdown.
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop)
+    if ready is not None:
+
+        async def signal_ready() -> None:  # registered last: runs after the gateway's own
+            ready.set()
+
+        app.before_serving(signal_ready)
+    watcher = asyncio.create_task(drained())
+    try:
+        await server.serve(sockets=listeners)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _connections(server: Server) -> list[GatewayHttpToolsProtocol]:
+    return [c for c in server.server_state.connections if isinstance(c, GatewayHttpToolsProtocol)]
+
+
+def _header_timeout(app: Any) -> float:
+    """``[gateway] header_timeout`` of the config the app was built from."""
+    proxy = app.extensions.get("quartgate")
+    settings = proxy.state.config.gateway if proxy is not None else None
+    return float(getattr(settings, "header_timeout", 30.0))
