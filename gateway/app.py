@@ -16,6 +16,7 @@ from gateway.errors import error_body
 from gateway.observability.runtime import Observability
 from gateway.proxy import Proxy
 from gateway.reload import HotReload
+from gateway.server import protocol_guard
 from gateway.state import APP_MOUNT, build_state
 
 
@@ -25,6 +26,10 @@ def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
     ``runtime_dir`` is where the workers of one ``quartgate serve`` share operator
     decisions (drains, reloads); None for a single worker.
     """
+    # The HTTP/1.1 rules Hypercorn and h11 lack (no h2c upgrade, no obs-fold, a header
+    # timeout, JSON for their own errors). Process-wide and idempotent; inert under other
+    # engines, which never use the classes it wraps.
+    protocol_guard.install(config.gateway.header_timeout)
     app = Quart("quartgate")
     # Quart's defaults would cap a proxy silently (PITFALLS.md): the gateway sets its own.
     app.config.update(

@@ -70,6 +70,9 @@ class GatewaySettings:
     max_header_size: int = 16384
     #: Seconds a client may pause between request body chunks (408 beyond); 0: no limit.
     body_timeout: float = 60.0
+    #: Seconds from the first byte of a request head to its end (408 and close beyond);
+    #: nginx's client_header_timeout, apart from the keep-alive idle timeout. 0: no limit.
+    header_timeout: float = 30.0
 
 
 #: ``[server] engine``: the server that runs the gateway (docs/server.md).
@@ -236,6 +239,9 @@ def _gateway(reader: ConfigReader, raw: Any) -> GatewaySettings:
     header_size = reader.take(
         table, "gateway", "max_header_size", int, default.max_header_size, _positive
     )
+    header_timeout = reader.take(
+        table, "gateway", "header_timeout", float, default.header_timeout, _non_negative
+    )
     reader.leftovers(table, "gateway")
     return GatewaySettings(
         tuple(networks),
@@ -246,6 +252,7 @@ def _gateway(reader: ConfigReader, raw: Any) -> GatewaySettings:
         max_header_count=header_count,
         max_header_size=header_size,
         body_timeout=body_timeout,
+        header_timeout=header_timeout,
     )
 
 

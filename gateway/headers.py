@@ -22,10 +22,11 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 
-#: Request headers the gateway never copies: hop-by-hop, framing it sets itself
+#: Request headers the gateway never copies: hop-by-hop (and HTTP2-Settings), framing it sets itself
 #: (Content-Length, Host), Expect (the body is sent without waiting for 100 Continue) and
 #: forwarding headers it rewrites.
 REQUEST_DROP: Final = HOP_BY_HOP | {
+    b"http2-settings",  # only meaningful with Upgrade: h2c, which is never honoured
     b"host",
     b"content-length",
     b"expect",

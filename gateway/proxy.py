@@ -19,7 +19,16 @@ from time import perf_counter
 
 from gateway.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from gateway.context import RequestContext
-from gateway.errors import ClientDisconnected, GatewayError, Reply, from_upstream, send_error
+from gateway.edge_checks import CTL_IN_VALUE as ctl_in_value
+from gateway.edge_checks import bad_request, check_framing, check_target, check_upgrade
+from gateway.errors import (
+    ClientDisconnected,
+    GatewayError,
+    Reply,
+    error_body,
+    from_upstream,
+    send_error,
+)
 from gateway.forwarding import FORWARD_DROP, resolve, untrusted_headers
 from gateway.headers import connection_tokens, filter_response_headers
 from gateway.normalize import needs_normalizing, normalize_scope
@@ -49,18 +58,26 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         state = self.state  # one snapshot per request: a reload swaps it for new requests
         request_id_header = state.request_id_header
         host = b""
         request_id: bytes | None = None
         content_length: bytes | None = None
-        chunked = False
+        transfer_encoding: bytes | None = None
         connection: bytes | None = None
         traceparent: bytes | None = None
+        control_character = duplicate_host = False
         for name, value in scope["headers"]:
+            if ctl_in_value(value) is not None:
+                control_character = True
             if name == b"host":
+                if host:
+                    duplicate_host = True  # refused below (RFC 9112 3.2: exactly one)
                 host = value
             elif name == request_id_header:
                 request_id = value
@@ -70,7 +87,7 @@ class Proxy:
                 else:
                     content_length = value
             elif name == b"transfer-encoding":
-                chunked = True
+                transfer_encoding = b"conflict" if transfer_encoding is not None else value
             elif name == b"connection":
                 connection = value
             elif name == b"traceparent":
@@ -94,13 +111,13 @@ class Proxy:
                 raise GatewayError(
                     501, "method_not_implemented", f"method {scope['method']} is not supported"
                 )
-            if content_length is not None:
-                if chunked:
-                    raise GatewayError(
-                        400, "bad_request", "both Content-Length and Transfer-Encoding sent"
-                    )
-                if content_length == b"conflict" or not content_length.isdigit():
-                    raise GatewayError(400, "bad_request", "invalid Content-Length")
+            if content_length is not None or transfer_encoding is not None:
+                check_framing(scope, content_length, transfer_encoding)
+            check_target(scope)
+            if control_character:
+                raise bad_request(scope, "control character in a header value")
+            if duplicate_host:
+                raise bad_request(scope, "more than one Host header")
             if needs_normalizing(scope["raw_path"]):
                 host = ctx.host = normalize_scope(scope, host, settings.escaped_slashes)
             if state.trusted and state.trusted.trusts(ctx.client_ip):
@@ -134,8 +151,17 @@ class Proxy:
             if runtime.upstream is None:
                 await self._to_app(runtime, ctx, receive, send)
             else:
+                if connection is not None and b"upgrade" in connection.lower():
+                    check_upgrade(scope, route.name)
                 await self._forward(
-                    state, runtime, ctx, receive, send, content_length, connection, chunked
+                    state,
+                    runtime,
+                    ctx,
+                    receive,
+                    send,
+                    content_length,
+                    connection,
+                    transfer_encoding is not None,
                 )
         except GatewayError as error:
             ctx.status = error.status
@@ -323,6 +349,55 @@ class Proxy:
             ctx.bytes_out = sent
             await response.aclose()
         await send({"type": "http.response.body", "body": b""})
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake: in-process app routes take it; proxied routes refuse it.
+
+        Proxied WebSockets are not built yet, so the handshake gets a JSON 501 (404 when no
+        route matches), never a 101, as an HTTP response where the server allows one
+        (the ``websocket.http.response`` extension), else a close before accepting.
+        """
+        state = self.state
+        host = b""
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+                break
+        match = state.table.match(_hostname(host), scope["path"], "GET")
+        route = match.route if match.kind is MatchKind.FULL else None
+        if route is not None and state.runtimes[route.name].upstream is None:
+            await self.app(scope, receive, send)
+            return
+        if route is None:
+            error = GatewayError(404, "route_not_found", f"no route for {scope['path']}")
+        else:
+            error = GatewayError(
+                501,
+                "websocket_not_supported",
+                f"route {route.name!r} does not proxy WebSocket connections",
+            )
+        log.info("websocket %s -> %d %s", scope["path"], error.status, error.code)
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" in scope.get("extensions", {}):
+            request_id = _new_request_id().decode("ascii")
+            body = error_body(error.code, error.detail, request_id)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+                (state.request_id_header, request_id.encode("ascii")),
+            ]
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": error.status,
+                    "headers": headers,
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
 
     async def _to_app(
         self, runtime: RouteRuntime, ctx: RequestContext, receive: Receive, send: Send

@@ -1,0 +1,86 @@
+"""Checks that give every request exactly one meaning, on every server engine.
+
+The server's parser (h11 under Hypercorn, httptools under uvicorn) lets through things
+that different hops read differently. Each is refused here, before routing, so the route
+is always chosen from what the upstream will receive:
+
+- framing: ``Content-Length`` with ``Transfer-Encoding`` (RFC 9112 6.1), a
+  ``Content-Length`` that is not one plain number, ``Transfer-Encoding`` in HTTP/1.0 or
+  other than ``chunked``. The answer carries ``Connection: close`` (HTTP/1.x) so the
+  server closes the connection and nothing after the request is parsed as another one;
+- a request-target with ``#`` (a fragment is never sent; upstreams that drop it would act on
+  another path than the one matched) or with bytes outside visible ASCII (an HTTP/2
+  ``:path`` can carry spaces, tabs and control characters that would split an HTTP/1.1
+  request line);
+- control characters (0x00-0x1F except HTAB, and 0x7F) in header values, which h11 and
+  HTTP/2 let through and an upstream may cut a header at.
+
+Tests: ``tests/test_protocol_client.py`` (raw sockets, a recording upstream).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from gateway.asgi_types import Scope
+from gateway.errors import GatewayError
+
+#: Control characters a header value must not carry (HTAB is allowed).
+CTL_IN_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+#: A request-target's path and query on the wire: visible ASCII except "#".
+_TARGET_BYTES: Final = re.compile(rb"[!-\"$-~]*").fullmatch
+
+CLOSE: Final = (b"connection", b"close")
+
+
+def bad_request(scope: Scope, detail: str, status: int = 400) -> GatewayError:
+    """A refusal for an ambiguous request; over HTTP/1.x the connection closes after it."""
+    headers = [CLOSE] if scope.get("http_version") != "2" else []
+    code = "bad_request" if status == 400 else "not_implemented"
+    return GatewayError(status, code, detail, headers)
+
+
+def check_framing(
+    scope: Scope, content_length: bytes | None, transfer_encoding: bytes | None
+) -> None:
+    """Refuse a request whose body framing could be read two ways."""
+    if transfer_encoding is not None:
+        if content_length is not None:
+            raise bad_request(scope, "both Content-Length and Transfer-Encoding sent")
+        if scope.get("http_version") == "1.0":
+            raise bad_request(scope, "Transfer-Encoding in an HTTP/1.0 request")
+        if transfer_encoding.strip(b" \t").lower() != b"chunked":
+            raise bad_request(scope, "only Transfer-Encoding: chunked is supported", 501)
+    elif content_length is not None:
+        if content_length == b"conflict" or not content_length.isdigit():
+            raise bad_request(scope, "invalid Content-Length")
+        if len(content_length) > 18:  # no body is that large (and int() of it is costly)
+            raise GatewayError(
+                413,
+                "payload_too_large",
+                f"request body of {len(content_length)} digits of bytes",
+                [CLOSE] if scope.get("http_version") != "2" else [],
+            )
+
+
+def check_target(scope: Scope) -> None:
+    """Refuse a request-target with a fragment or bytes outside visible ASCII."""
+    if _TARGET_BYTES(scope["raw_path"]) is None or _TARGET_BYTES(scope["query_string"]) is None:
+        if b"#" in scope["raw_path"] or b"#" in scope["query_string"]:
+            raise bad_request(scope, "fragment (#) in request target")
+        raise bad_request(scope, "invalid character in request target")
+
+
+def check_upgrade(scope: Scope, route: str) -> None:
+    """A WebSocket upgrade that reached the HTTP path (a server that does not speak
+    WebSocket itself passes it on as a plain request): 501 until routes proxy WebSockets.
+    Other upgrades (h2c) are ignored: ``Upgrade`` is hop-by-hop and never forwarded."""
+    for name, value in scope["headers"]:
+        if name == b"upgrade" and b"websocket" in value.lower():
+            raise GatewayError(
+                501,
+                "websocket_not_supported",
+                f"route {route!r} does not proxy WebSocket connections",
+                [CLOSE] if scope.get("http_version") != "2" else [],
+            )
