@@ -53,10 +53,10 @@ def read_lines(path: Path, count: int) -> list[str]:
 
 
 def test_json_lines_describe_each_request(
-    make_gateway: Start, upstream: UpstreamServer, tmp_path: Path
+    make_gateway: Start, upstream: UpstreamServer, tmp_path: Path, engine: str
 ) -> None:
     log = tmp_path / "access.log"
-    gateway = make_gateway(access_log(log) + ROUTES.format(upstream=upstream.url))
+    gateway = make_gateway(access_log(log) + ROUTES.format(upstream=upstream.url), engine=engine)
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         ok = client.get("/api/ok?secret=1", headers={"x-request-id": "log-ok"})
         assert ok.status_code == 200

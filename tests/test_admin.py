@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.gateway import ROOT, GatewayProcess, free_port
+from tests.support.gateway import ENGINES, ROOT, GatewayProcess, free_port
 from tests.support.observability import TOKEN, Admin, value, wait_until
 from tests.support.upstream import UpstreamServer
 
@@ -39,15 +39,19 @@ upstream = "main"
 Start = Callable[..., GatewayProcess]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=ENGINES)
 def gateway(
-    upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    upstream: UpstreamServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[GatewayProcess, Admin]]:
-    """One gateway for the read-only checks; tests that change state start their own."""
+    """One gateway per engine for the read-only checks (the admin listener on its own
+    bind, served by the same server as the public one); tests that change state start
+    their own."""
     admin = Admin()
     config = tmp_path_factory.mktemp("admin") / "gateway.toml"
     config.write_text(admin.section() + ROUTES.format(upstream=upstream.url, spare=free_port()))
-    process = GatewayProcess(config).start()
+    process = GatewayProcess(config, engine=request.param).start()
     yield process, admin
     assert process.stop() == 0, process.logs()
 
@@ -214,11 +218,11 @@ def test_readiness_follows_active_health_checks(make_gateway: Start, tmp_path: P
 
 
 def test_reload_applies_a_valid_config_and_keeps_the_old_on_error(
-    make_gateway: Start, upstream: UpstreamServer
+    make_gateway: Start, upstream: UpstreamServer, engine: str
 ) -> None:
     admin = Admin()
     text = admin.section() + ONE.format(upstream=upstream.url)
-    gateway = make_gateway(text)
+    gateway = make_gateway(text, engine=engine)
     assert httpx.get(gateway.url + "/new/x").status_code == 404
     before = admin.get("/admin/config").json()["version"]
     gateway.config.write_text(text + '[[routes]]\nname = "new"\npath = "/new"\nupstream = "main"\n')
@@ -242,11 +246,11 @@ def test_reload_applies_a_valid_config_and_keeps_the_old_on_error(
 
 
 def test_several_workers_share_drains_and_reloads(
-    make_gateway: Start, upstream: UpstreamServer
+    make_gateway: Start, upstream: UpstreamServer, engine: str
 ) -> None:
     admin = Admin()
     text = admin.section() + ONE.format(upstream=upstream.url)
-    gateway = make_gateway(text, workers=2)
+    gateway = make_gateway(text, workers=2, engine=engine)
     pids: set[int] = set()
 
     def both_workers() -> bool:

@@ -1,8 +1,11 @@
-"""Other ways in and out: HTTP/2 upstreams, and plain ``hypercorn gateway.asgi:app``."""
+"""Other ways in and out: HTTP/2 upstreams, plain ``hypercorn gateway.asgi:app``, the CLI's
+answers to a bad config, and the checks that guard each engine."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.gateway import ROOT, GatewayProcess, free_port, serving
+from gateway.config import ENGINES as CONFIG_ENGINES
+from gateway.server import hypercorn_patches
+from gateway.server.settings import load_server_config
+from gateway.server.supervisor import ENGINE_MODULES
+from tests.support.gateway import ENGINES, ROOT, GatewayProcess, free_port, serving
 from tests.support.upstream import UpstreamServer
 
 
@@ -77,3 +84,119 @@ def test_plain_hypercorn_entry_point(tmp_path: Path, upstream: UpstreamServer) -
         response = httpx.get(f"http://127.0.0.1:{port}/via/hypercorn", timeout=30)
     assert response.status_code == 200
     assert response.json()["target"] == "/via/hypercorn"
+
+
+# ---- quartgate check / serve: every config error is one line, never a traceback -------------
+
+ONE_ROUTE = (
+    '[upstreams.u]\ntargets = ["http://127.0.0.1:9"]\n[[routes]]\npath = "/"\nupstream = "u"\n'
+)
+BAD_APP = (
+    '[upstreams.hello]\napp = "nosuch_app:blueprint"\n'
+    '[[routes]]\npath = "/hello"\nupstream = "hello"\n'
+)
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_check_counts_in_words(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(ONE_ROUTE)
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"{config}: OK (1 route, 1 upstream)"
+
+
+def test_check_imports_in_process_apps(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(BAD_APP)
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{config}: upstreams.hello.app: cannot import 'nosuch_app:blueprint'")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_says_a_config_error_in_one_line(tmp_path: Path, workers: int) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(BAD_APP)
+    port = str(free_port())
+    args = ("serve", "-c", str(config), "--bind", f"127.0.0.1:{port}", "--workers", str(workers))
+    result = run_cli(*args)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{config}: upstreams.hello.app: cannot import")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_serve_refuses_server_settings_the_engine_cannot_honour(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[server]\nengine = "uvicorn"\n' + ONE_ROUTE)
+    server = tmp_path / "server.toml"
+    server.write_text('certfile = "x.pem"\nread_timeout = 5\nkeep_alive_timeout = 5\n')
+    result = run_cli("serve", "-c", str(config), "--server-config", str(server))
+    assert result.returncode == 1
+    assert sorted(result.stderr.splitlines()) == [
+        f"{server}: certfile: TLS is served by the hypercorn engine only "
+        "(or terminate TLS in front)",
+        f"{server}: read_timeout: uvicorn has no per-read timeout; "
+        "keep_alive_timeout bounds a slow head",
+    ]
+    # The shipped hypercorn.toml is valid on both engines.
+    for engine in ENGINES:
+        load_server_config(ROOT / "hypercorn.toml", engine=engine)
+
+
+def test_an_unknown_engine_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[server]\nengine = "tornado"\n' + ONE_ROUTE)
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"{config}: server.engine: must be one of hypercorn, uvicorn"
+    )
+
+
+def test_serve_says_a_taken_port_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(ONE_ROUTE)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "-c", str(config), "--bind", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"hypercorn.toml: bind: cannot listen on 127.0.0.1:{port}: ")
+
+
+# ---- the Hypercorn workarounds are checked, not assumed ---------------------------------------
+
+
+def test_every_private_hypercorn_name_is_there() -> None:
+    assert hypercorn_patches.missing_names() == []
+    hypercorn_patches.check()
+
+
+def test_a_missing_private_name_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypercorn.asyncio.tcp_server import TCPServer
+
+    monkeypatch.delattr(TCPServer, "_initiate_server_close")
+    assert hypercorn_patches.missing_names() == [
+        "hypercorn.asyncio.tcp_server.TCPServer._initiate_server_close"
+    ]
+    with pytest.raises(hypercorn_patches.HypercornChanged, match="_initiate_server_close"):
+        hypercorn_patches.check()
+
+
+def test_the_engine_names_agree() -> None:
+    assert ENGINES == CONFIG_ENGINES == tuple(ENGINE_MODULES)

@@ -4,6 +4,7 @@ prometheus-client's own text parser, with one worker and with several."""
 from __future__ import annotations
 
 import hashlib
+import signal
 import tomllib
 from collections.abc import Callable
 
@@ -47,10 +48,10 @@ def config(upstream: UpstreamServer, admin: Admin, extra: str = "") -> str:
 
 
 def test_counters_and_histograms_follow_real_traffic(
-    make_gateway: Start, upstream: UpstreamServer
+    make_gateway: Start, upstream: UpstreamServer, engine: str
 ) -> None:
     admin = Admin()
-    gateway = make_gateway(config(upstream, admin))
+    gateway = make_gateway(config(upstream, admin), engine=engine)
     before = admin.scrape()
     assert (
         value(before, "quartgate_requests_total", route="api", method="GET", status_class="2xx")
@@ -74,7 +75,11 @@ def test_counters_and_histograms_follow_real_traffic(
     assert value(samples, requests, route="api", method="GET", status_class="5xx") == 2
     assert value(samples, requests, route="api", method="POST", status_class="2xx") == 1
     assert value(samples, requests, route="(none)", method="GET", status_class="4xx") == 3
-    assert sum(series(samples, requests, method="OTHER").values()) == 1
+    # BREW reaches the gateway under Hypercorn (h11 takes any token) and is counted as OTHER;
+    # httptools (uvicorn) knows a fixed list of methods and answers 501 before the app, so
+    # there it is in no metric, like any request the server's parser refuses.
+    brew = 1 if engine == "hypercorn" else 0
+    assert sum(series(samples, requests, method="OTHER").values()) == brew
     assert value(samples, requests, route="down", method="GET", status_class="5xx") == 1
     assert not series(samples, requests, method="BREW")
 
@@ -96,7 +101,7 @@ def test_counters_and_histograms_follow_real_traffic(
     assert value(samples, upstream_duration + "_count", route="api", upstream="main") == api_count
     assert value(samples, upstream_duration + "_sum", route="api", upstream="main") >= 0.3
     assert value(samples, upstream_duration + "_count", route="(none)", upstream="(none)") == 0
-    assert value(samples, duration + "_count", route="(none)") == 3 + (10 - api_count)
+    assert value(samples, duration + "_count", route="(none)") == 3 + (9 + brew - api_count)
 
     assert value(samples, "quartgate_request_body_bytes_total", route="api") == 1000
     assert value(samples, "quartgate_response_body_bytes_total", route="api") > 0
@@ -123,9 +128,11 @@ def test_counters_and_histograms_follow_real_traffic(
     assert value(samples, "process_resident_memory_bytes") > 0
 
 
-def test_several_workers_add_up(make_gateway: Start, upstream: UpstreamServer) -> None:
+def test_several_workers_add_up(
+    make_gateway: Start, upstream: UpstreamServer, engine: str
+) -> None:
     admin = Admin()
-    gateway = make_gateway(config(upstream, admin), workers=2)
+    gateway = make_gateway(config(upstream, admin), workers=2, engine=engine)
     pids = workers_seen(admin, want=2)
     # Fresh connections spread over the workers; every scrape, whichever worker answers
     # it, must see the sum of all of them.
@@ -145,6 +152,43 @@ def test_several_workers_add_up(make_gateway: Start, upstream: UpstreamServer) -
     # Gauges of live workers: each worker has its own pool, and the build info is one series.
     assert len(series(samples, "quartgate_build_info")) == 1
     assert len(pids) == 2
+
+
+def test_reloads_are_counted_once_whatever_the_workers(
+    make_gateway: Start, upstream: UpstreamServer, engine: str
+) -> None:
+    """SIGHUP goes to the master, which checks the file and counts the result once; an
+    admin reload is counted by the worker that was asked, the others follow uncounted."""
+    admin = Admin()
+    text = config(upstream, admin)
+    gateway = make_gateway(text, workers=2, engine=engine)
+    workers_seen(admin, want=2)
+
+    def reloads(result: str, want: int) -> bool:
+        # Any worker may answer; each must see the same totals.
+        got = [
+            value(admin.scrape(fresh=True), "quartgate_config_reloads_total", result=result)
+            for _ in range(4)
+        ]
+        return got == [want] * 4
+
+    gateway.config.write_text(text + "# edited\n")
+    gateway.signal(signal.SIGHUP)
+    wait_until(lambda: gateway.logs().count("config reloaded") == 2, what="both workers")
+    gateway.signal(signal.SIGHUP)
+    wait_until(lambda: gateway.logs().count("config reloaded") == 4, what="both workers")
+    wait_until(lambda: reloads("success", 2), what="2 successful reloads, not 4")
+
+    gateway.config.write_text(text + "[[routes]]\npath = 7\n")
+    gateway.signal(signal.SIGHUP)  # refused by the master: no worker ever sees it
+    wait_until(lambda: "config reload refused" in gateway.logs(), what="the refusal")
+    wait_until(lambda: reloads("failure", 1), what="the master's refusal counted once")
+
+    assert admin.post("/admin/reload", fresh=True).status_code == 400
+    gateway.config.write_text(text)
+    assert admin.post("/admin/reload", fresh=True).status_code == 200
+    wait_until(lambda: gateway.logs().count("config reloaded") == 6, what="both workers")
+    wait_until(lambda: reloads("success", 3) and reloads("failure", 2), what="admin reloads")
 
 
 def workers_seen(admin: Admin, want: int) -> set[int]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.gateway import GatewayProcess, free_port
+from tests.support.gateway import ENGINES, GatewayProcess, free_port
 from tests.support.upstream import UpstreamServer
 
 CONFIG = """
@@ -77,17 +77,20 @@ strip_prefix = true
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=ENGINES)
 def gateway(
-    upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    upstream: UpstreamServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayProcess]:
+    """One gateway per engine: routing, forwarding and streaming are proven on each."""
     folder = tmp_path_factory.mktemp("e2e")
     config = folder / "gateway.toml"
     config.write_text(CONFIG.format(upstream=upstream.url))
     # The in-process blueprint module sits beside the config, as in examples/.
     hello = Path(__file__).resolve().parents[1] / "examples" / "hello_app.py"
     (folder / "hello_app.py").write_text(hello.read_text())
-    process = GatewayProcess(config).start()
+    process = GatewayProcess(config, engine=request.param).start()
     yield process
     assert process.stop() == 0, process.logs()
 

@@ -76,10 +76,12 @@ async def fresh_get(url: str) -> httpx.Response:
 
 
 async def test_sighup_swaps_config_keeps_in_flight_and_refuses_bad_file(
-    make_gateway: Callable[..., GatewayProcess], pair: tuple[FaultyUpstream, FaultyUpstream]
+    make_gateway: Callable[..., GatewayProcess],
+    pair: tuple[FaultyUpstream, FaultyUpstream],
+    engine: str,
 ) -> None:
     a, b = pair
-    gateway = make_gateway(V1.format(a=a.url))
+    gateway = make_gateway(V1.format(a=a.url), engine=engine)
     await wait_for_log(gateway, "Running on")
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
         assert (await client.get("/api/x")).headers["x-served-by"] == "a"
@@ -117,10 +119,13 @@ async def test_quartgate_reload_with_two_workers(
     make_gateway: Callable[..., GatewayProcess],
     pair: tuple[FaultyUpstream, FaultyUpstream],
     tmp_path: object,
+    engine: str,
 ) -> None:
     a, b = pair
     pid_file = f"{tmp_path}/quartgate.pid"
-    gateway = make_gateway(V1.format(a=a.url), workers=2, extra_args=("--pid-file", pid_file))
+    gateway = make_gateway(
+        V1.format(a=a.url), workers=2, extra_args=("--pid-file", pid_file), engine=engine
+    )
     await wait_for_log(gateway, "Running on", count=2)  # both workers serve
 
     def reload() -> subprocess.CompletedProcess[str]:

@@ -214,6 +214,12 @@ class Server(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        for sock in sockets or []:  # the line Hypercorn logs for each bind, once serving
+            host, port = sock.getsockname()[:2]
+            log.info("Running on http://%s:%d (uvicorn engine, pid %d)", host, port, os.getpid())
+
 
 def run_worker(config: Config, sockets: Sockets | None = None, ready: Event | None = None) -> None:
     """One serving process: load the app, serve until SIGTERM/SIGINT, drain, return."""
