@@ -11,8 +11,8 @@ It is strict where a proxy must be (RFC 9112, and stricter than h11, its referen
 - status line ``HTTP/1.0`` or ``HTTP/1.1``, three digits 100-599, no control characters;
 - header lines: a token name, a colon, a value without control characters (HTAB allowed);
   no obs-fold, no bare LF, no whitespace before the colon, at most ``MAX_HEADERS`` lines;
-- ``Content-Length``: ASCII digits only, at most 18 of them, repeated only with the same
-  value; ``Transfer-Encoding``: exactly ``chunked``, once, in HTTP/1.1, never beside
+- ``Content-Length``: ASCII digits only, at most 18 of them, never repeated (as nginx);
+  ``Transfer-Encoding``: exactly ``chunked``, once, in HTTP/1.1, never beside
   ``Content-Length``; anything else is an error;
 - responses to HEAD, and 1xx, 204 and 304, have no body whatever their headers say
   (RFC 9112 6.3); a ``101`` is refused (no upgrade was asked for);
@@ -22,7 +22,7 @@ It is strict where a proxy must be (RFC 9112, and stricter than h11, its referen
 Reuse is decided here, where the framing is known: an exchange is reusable only when the
 message ended on a boundary the parser proved (a length or the last chunk), no byte is left
 over, the response did not say ``close`` and was HTTP/1.1, and its framing was not doubtful
-(body headers on a bodiless response, a repeated ``Content-Length``). Bytes fed while no
+(body headers on a bodiless response). Bytes fed while no
 response is expected are an error: an upstream that sends them cannot be trusted with the
 next request.
 """
@@ -241,12 +241,9 @@ class ResponseParser:
             if name == b"content-length":
                 if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
                     raise ParseError("invalid Content-Length")
-                number = int(value)
-                if length is not None:
-                    if length != number:
-                        raise ParseError("conflicting Content-Length headers")
-                    self._doubtful = True
-                length = number
+                if length is not None:  # nginx refuses a duplicate too
+                    raise ParseError("conflicting Content-Length headers (repeated)")
+                length = int(value)
             elif name == b"transfer-encoding":
                 if chunked or value.lower() != b"chunked":
                     raise ParseError("unsupported Transfer-Encoding")
