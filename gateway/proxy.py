@@ -178,7 +178,10 @@ class Proxy:
                     extra={"request_id": rid},
                 )
             else:
-                log.info(
+                # A client's mistake belongs in the access log; the error log gets it only
+                # when there is no access log to carry it.
+                log.log(
+                    logging.DEBUG if state.config.observability.access_log else logging.INFO,
                     "%s %s -> %d %s",
                     scope["method"],
                     scope["path"],
