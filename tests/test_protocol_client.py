@@ -11,14 +11,15 @@ from __future__ import annotations
 import hashlib
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import h2.config
 import h2.connection
 import h2.events
 import pytest
 
-from tests.support.edge import RawResponse, closed_within, parse_response
-from tests.support.gateway import GatewayProcess
+from tests.support.edge import NGINX, RawResponse, closed_within, parse_response
+from tests.support.gateway import GatewayProcess, free_port, serving
 from tests.support.scripted import ScriptedUpstream, header, ok, raw_connection, request_line
 
 KEY = "protocol-test-key"
@@ -293,3 +294,72 @@ def _read_response(sock: socket.socket) -> RawResponse:
         assert chunk
         body += chunk
     return parse_response(head + b"\r\n\r\n" + body)
+
+
+NGINX_WEBSOCKET_CONF = """
+worker_processes 1;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+daemon off;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location /internal {{ return 403; }}
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize("engine", ["hypercorn"])
+def test_h2c_upgrade_through_a_websocket_ready_nginx_opens_no_tunnel(
+    recorded: tuple[GatewayProcess, ScriptedUpstream], tmp_path: Path
+) -> None:
+    """The attack: nginx forwards Upgrade for WebSockets; a 101 from the gateway would make
+    nginx a blind tunnel, and an HTTP/2 stream for /internal (403 at nginx) would pass."""
+    gateway, upstream = recorded
+    folder = tmp_path / "nginx"
+    folder.mkdir()
+    port = free_port()
+    conf = folder / "nginx.conf"
+    conf.write_text(
+        NGINX_WEBSOCKET_CONF.format(folder=folder, port=port, upstream_port=gateway.port)
+    )
+    args = [NGINX, "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")]
+    with serving(args, port, folder / "nginx.out"), raw_connection(port) as sock:
+        sock.sendall(
+            b"GET /public HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade, HTTP2-Settings\r\n"
+            b"upgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        first = _read_response(sock)
+        assert first.status == 200 and first.body == b"GET /public HTTP/1.1"
+        # What a client would send inside the tunnel: the preface and a stream for /internal.
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(
+            1,
+            [
+                (b":method", b"GET"),
+                (b":path", b"/internal/admin"),
+                (b":scheme", b"http"),
+                (b":authority", b"gw"),
+            ],
+            end_stream=True,
+        )
+        sock.sendall(conn.data_to_send())
+        closed_within(sock, 5.0)
+    assert b"/internal" not in upstream.received()
+    assert [request_line(r) for r in upstream.requests] == [b"GET /public HTTP/1.1"]
