@@ -1,8 +1,8 @@
 """Side-by-side benchmark: direct-to-upstream, an nginx reverse proxy, and quartgate.
 
     python -m loadtests.bench                      # 64 and 256 connections, 3 s + 10 s each
-    python -m loadtests.bench --workers 1 2 --servers hypercorn uvicorn
-    python -m loadtests.bench --soak               # + 1M requests, RSS at 200k and at 1M
+    python -m loadtests.bench --engines hypercorn uvicorn   # quartgate on each engine
+    python -m loadtests.bench --workers 1 2 --engines hypercorn uvicorn --soak
 
 The system under test (nginx or quartgate) is pinned to CPU 0 and the load generator and
 upstream to CPU 1 (``taskset``, when it exists). The upstream is nginx serving a static
@@ -76,9 +76,18 @@ class Bench:
         )
 
     def measure(
-        self, scenario: str, system: str, service: Service, workers: int, path: str, conns: int
+        self,
+        scenario: str,
+        system: str,
+        service: Service,
+        workers: int,
+        path: str,
+        conns: int,
+        *,
+        warmup: bool = True,
     ) -> Row:
-        if self.args.warmup > 0:
+        service.settle()  # nothing left over from the previous run, whatever it was
+        if warmup and self.args.warmup > 0:
             self.drive(service.url, path, conns, self.args.warmup)
             service.settle()
         cpu = service.cpu_seconds()
@@ -102,6 +111,11 @@ class Bench:
             self.measure("latency", system, service, workers, "/json", 1)
         if "large" in args.scenarios:
             self.measure("large", system, service, workers, LARGE_PATH, args.large_connections)
+
+    def run_fresh(self, system: str, service: Service, workers: int) -> None:
+        """``--fresh-connections`` (1,024) against a gateway that has served nothing yet."""
+        conns = self.args.fresh_connections
+        self.measure("fresh", system, service, workers, "/json", conns, warmup=False)
 
     # ---- soak ------------------------------------------------------------------------------
 
@@ -148,24 +162,39 @@ def main(argv: list[str] | None = None) -> int:
                     nginx = servers.nginx_proxy(bench.workdir, upstream, cpus=cpus, workers=workers)
                     with running(nginx):
                         bench.run_system("nginx", nginx, workers)
-                for server in args.servers:
-                    if server != "hypercorn" and not servers.installed(server):
-                        print(f"skipping {server}: not installed", flush=True)
+                for engine in args.engines:
+                    if not servers.installed(servers.ENGINE_PACKAGES.get(engine, engine)):
+                        print(f"skipping {engine}: not installed", flush=True)
                         continue
-                    name = "quartgate" if server == "hypercorn" else f"quartgate-{server}"
+                    name = system_name(engine)
+                    if "fresh" in args.scenarios:
+                        gateway = servers.quartgate(
+                            bench.workdir,
+                            upstream,
+                            cpus=cpus,
+                            workers=workers,
+                            server=engine,
+                            name=name + "-fresh",
+                        )
+                        with running(gateway):
+                            bench.run_fresh(name, gateway, workers)
                     gateway = servers.quartgate(
                         bench.workdir,
                         upstream,
                         cpus=cpus,
                         workers=workers,
-                        server=server,
+                        server=engine,
                         name=name,
                     )
                     with running(gateway):
                         bench.run_system(name, gateway, workers)
             if args.soak:
                 gateway = servers.quartgate(
-                    bench.workdir, upstream, cpus=args.sut_cpu, name="quartgate-soak"
+                    bench.workdir,
+                    upstream,
+                    cpus=args.sut_cpu,
+                    name="quartgate-soak",
+                    server=args.soak_engine,
                 )
                 with running(gateway):
                     _preflight(gateway.url)
@@ -212,6 +241,11 @@ def _locust_report(bench: Bench) -> Path:
             bench.rows.append(row)
             print(_line(row), flush=True)
     return html
+
+
+def system_name(engine: str) -> str:
+    """``quartgate`` on the default engine, ``quartgate-<engine>`` on another."""
+    return "quartgate" if engine == "hypercorn" else f"quartgate-{engine}"
 
 
 @contextmanager
@@ -315,7 +349,10 @@ def _report(bench: Bench, argv: list[str] | None, html: Path | None) -> None:
         f"- load: {args.tool}, {args.warmup:g} s warm-up then {args.duration:g} s; {pinning}",
         f"- machine load average before the run: {bench.load_before:.2f} (should be near 0)",
         f"- upstream: {upstream} (100-byte JSON, 1 MiB file); large = {LARGE_PATH} at "
-        f"{args.large_connections} connections; latency = 1 connection",
+        f"{args.large_connections} connections; latency = 1 connection; fresh = "
+        f"{args.fresh_connections} connections on a gateway just started, no warm-up",
+        "- every run starts once the server has closed the previous run's connections "
+        "(no socket of its port left in CLOSE-WAIT, LAST-ACK, FIN-WAIT or CLOSING)",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -324,7 +361,8 @@ def _report(bench: Bench, argv: list[str] | None, html: Path | None) -> None:
     if bench.soak:
         first = next(((n, rss) for n, rss, _ in bench.soak if n >= args.soak_requests // 5), None)
         last = bench.soak[-1]
-        lines += ["", "## Soak (quartgate, 1 worker, 64 connections)", ""]
+        soaked = system_name(args.soak_engine)
+        lines += ["", f"## Soak ({soaked}, 1 worker, 64 connections)", ""]
         lines += ["| requests | worker RSS MiB | elapsed s |", "|---|---|---|"]
         lines += [f"| {n:,} | {rss:.1f} | {t:.0f} |" for n, rss, t in bench.soak]
         if first:
@@ -342,7 +380,8 @@ def _report(bench: Bench, argv: list[str] | None, html: Path | None) -> None:
         writer.writerow(COLUMNS)
         writer.writerows([[c.replace(",", "") for c in row] for row in rows])
         for n, rss, t in bench.soak:
-            soak = ["soak", "quartgate", 1, 64, "", "", "", "", "", f"{rss:.1f}", "", "", ""]
+            soaked = system_name(args.soak_engine)
+            soak = ["soak", soaked, 1, 64, "", "", "", "", "", f"{rss:.1f}", "", "", ""]
             writer.writerow([*soak, f"requests={n} elapsed={t:.0f}"])
     print(f"wrote {REPORTS / f'bench-{bench.stamp}.md'} and .csv", flush=True)
 
@@ -374,14 +413,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     add("--duration", type=float, default=10.0, help="measured seconds per run")
     add("--workers", type=int, nargs="+", default=[1], help="e.g. --workers 1 2")
-    add("--servers", nargs="+", default=["hypercorn"], help="hypercorn, uvicorn, granian")
     add(
-        "--scenarios", nargs="+", default=["small", "latency", "large"],
-        choices=["small", "latency", "large"],
+        "--engines", "--servers", nargs="+", default=["hypercorn"],
+        choices=["hypercorn", "uvicorn", "granian"],
+        help="quartgate serve --engine hypercorn|uvicorn; granian: gateway.asgi:app under "
+        "plain granian, for comparison only",
     )  # fmt: skip
+    add(
+        "--scenarios", nargs="+", default=["small", "latency", "large", "fresh"],
+        choices=["small", "latency", "large", "fresh"],
+    )  # fmt: skip
+    add("--fresh-connections", type=int, default=1024, help="the fresh-start run's connections")
     add("--large-connections", type=int, default=16)
     add("--soak", action="store_true", help="also run the 1M-request memory soak")
     add("--soak-requests", type=int, default=1_000_000)
+    add("--soak-engine", default="hypercorn", choices=["hypercorn", "uvicorn"])
     add("--tool", choices=["wrk", "locust"], default="wrk" if loadgen.WRK else "locust")
     add("--mock-upstream", action="store_true", help="bundled mock even when nginx exists")
     add("--skip-direct", action="store_true")

@@ -21,6 +21,8 @@ so that the same settings mean the same on both engines:
   gateway's status: 501 for a method httptools does not know (llhttp has a fixed list),
   413 for a Content-Length too large to parse, else 400.
 
+WebSocket handshakes reach the app as on Hypercorn (uvicorn's sans-I/O ``websockets``
+protocol, with the ``websocket.http.response`` extension); ``Upgrade: h2c`` is ignored.
 uvicorn's own signal handling is replaced by the gateway's (SIGTERM/SIGINT drain; SIGHUP
 reloads in the app, gateway/reload.py), its access log is off (the gateway has its own),
 and it never rewrites the client address from ``X-Forwarded-For`` (``proxy_headers``
@@ -142,7 +144,10 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(self._limits.too_large if overflow else self._limits.bad_request)
             return
         except httptools.HttpParserUpgrade:
-            pass  # ws = "none": served as plain HTTP/1.1, Upgrade never honoured
+            # Upgrade: websocket goes to the app as a WebSocket handshake (as on Hypercorn);
+            # any other Upgrade (h2c) is never honoured: served as plain HTTP/1.1.
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
         if (
             self._idle_timer is not None  # the head is still incomplete after this read
             and self._head_bytes > self._limits.head_limit
@@ -245,7 +250,7 @@ async def _serve(
     settings = GatewayConfig(
         app,
         limits,
-        ws="none",
+        ws="websockets-sansio",
         lifespan="on",
         interface="asgi3",
         loop="none",
