@@ -122,6 +122,14 @@ def _patch_h11_protocol(cls: Any) -> None:
     async def _send_error_response(self: Any, status_code: int) -> None:
         import h11
 
+        if self.stream is not None:
+            # Garbage after a complete request (a pipelined bad request, a byte after an
+            # HTTP/1.0 request) while that request is still being answered: Hypercorn would
+            # answer 400 in its place and close, losing a response whose request the upstream
+            # already ran. Finish that response instead, then close (see ``guarded_send``).
+            self._quartgate_close_after = True
+            return
+
         code, detail = _HYPERCORN_ERRORS.get(
             status_code, ("bad_request", "malformed HTTP/1.1 request")
         )
@@ -149,7 +157,26 @@ def _patch_h11_protocol(cls: Any) -> None:
             self._quartgate_header_timer = None
         await create_stream(self, request)
 
+    def guard_send(self: Any) -> None:
+        """Hold back the connection close Hypercorn sends after a parse error while a
+        request is still being answered; the close follows once that stream ends."""
+        send = self.send
+
+        async def guarded_send(event: Any) -> None:
+            if (
+                isinstance(event, Closed)
+                and self.stream is not None
+                and getattr(self, "_quartgate_close_after", False)
+            ):
+                return
+            await send(event)
+
+        self.send = guarded_send
+        self._quartgate_send_guarded = True
+
     async def handle_timed(self: Any, event: Any) -> None:
+        if not getattr(self, "_quartgate_send_guarded", False):
+            guard_send(self)
         if isinstance(event, RawData):
             timeout = _settings["header_timeout"]
             if (
