@@ -393,3 +393,19 @@ def test_garbage_after_a_request_never_costs_that_request_its_response(
     assert b"GET /first HTTP/1.1" in data
     assert closed
     assert [request_line(r) for r in upstream.requests] == [b"GET /first HTTP/1.1"]
+
+
+@pytest.mark.parametrize("engine", ["hypercorn"])
+def test_a_content_length_h11_cannot_hold_is_a_json_400(
+    recorded: tuple[GatewayProcess, ScriptedUpstream],
+) -> None:
+    gateway, upstream = recorded
+    data, closed = exchange(
+        gateway.port,
+        b"POST /a HTTP/1.1\r\nhost: gw\r\ncontent-length: 100000000000000000000\r\n\r\nx",
+    )
+    response = parse_response(data)
+    assert response.status == 400 and closed
+    assert response.header("content-type") == "application/json"
+    assert b'"error": "bad_request"' in response.body
+    assert upstream.received() == b""
