@@ -30,8 +30,9 @@ def ours(stream: bytes, cuts: list[int], head: bool, eof: bool) -> Outcome:
     end: MessageEnd | None = None
     pieces = _split(stream, cuts)
     fed = 0
+    consumed = 0
     try:
-        for piece in pieces:
+        for number, piece in enumerate(pieces):
             fed += len(piece)
             for event in parser.feed(piece):
                 if isinstance(event, ResponseHead):
@@ -41,16 +42,24 @@ def ours(stream: bytes, cuts: list[int], head: bool, eof: bool) -> Outcome:
                 else:
                     body += event
             if end is not None:
+                consumed = fed - len(parser.tail)
+                later = b"".join(pieces[number + 1 :])
+                if end.reusable and later:
+                    # Bytes after a clean end arrive while the connection is idle: the
+                    # parser must refuse them, which retires the connection.
+                    with pytest.raises(ParseError):
+                        parser.feed(later)
+                    end = MessageEnd(False)
                 break
         if end is None and eof:
             for event in parser.feed_eof():
                 assert isinstance(event, MessageEnd)
                 end = event
+            consumed = fed - len(parser.tail)
     except ParseError:
         return None
     if end is None:
         return None
-    consumed = fed - len(parser.tail)
     return status, headers, bytes(body), consumed, end.reusable
 
 
