@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-from quart import Blueprint, Quart, Response
+from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
 from gateway.asgi_types import ASGIApp
-from gateway.config import ConfigError, GatewayConfig, Problem
+from gateway.config import GatewayConfig
 from gateway.errors import error_body
+from gateway.inprocess import BLUEPRINT, load_app
 from gateway.observability.runtime import Observability
 from gateway.proxy import Proxy
 from gateway.reload import HotReload
 from gateway.server import protocol_guard
 from gateway.state import APP_MOUNT, build_state
+from gateway.websocket import hypercorn_close
 
 
 def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
@@ -38,9 +37,13 @@ def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
         RESPONSE_TIMEOUT=None,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
-    for name, spec in config.app_upstreams.items():
-        blueprint = _import_blueprint(spec.app, config.source, f"upstreams.{name}.app")
-        app.register_blueprint(blueprint, url_prefix=APP_MOUNT + name, name=f"upstream_{name}")
+    apps = [load_app(spec, config.source) for spec in config.app_upstreams.values()]
+    for inprocess in apps:
+        if inprocess.kind == BLUEPRINT:
+            name = inprocess.name
+            app.register_blueprint(
+                inprocess.obj, url_prefix=APP_MOUNT + name, name=f"upstream_{name}"
+            )
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
@@ -62,6 +65,10 @@ def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
     proxy = Proxy(cast(ASGIApp, app.asgi_app), state)
     app.asgi_app = observability.install(app, proxy)  # type: ignore[method-assign,assignment]
     app.extensions["quartgate"] = proxy
+    proxy.apps.update({inprocess.name: inprocess for inprocess in apps})
+    # A drain (SIGTERM, gateway/server/drain.py) closes open WebSocket sessions with 1001.
+    app.extensions["quartgate.going_away"] = proxy.websockets.sessions.going_away
+    hypercorn_close.install()  # the client's close code reaches the app (Hypercorn 0.18)
     # Hot reload (docs/reload.md): SIGHUP, `quartgate reload`, or the admin API.
     reloader = HotReload(proxy)
     reloader.prepare.append(observability.apply_control)
@@ -73,28 +80,13 @@ def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
     async def start_background() -> None:
         proxy.state.start()  # active health checks run in the serving loop
         reloader.install_signal()
+        await proxy.lifespans.startup()  # in-process ASGI apps' startup handlers
 
     @app.after_serving
     async def close_upstreams() -> None:
         reloader.remove_signal()
+        await proxy.lifespans.shutdown()
         await reloader.aclose()
         await proxy.state.aclose()
 
     return app
-
-
-def _import_blueprint(path: str, file: str, key: str) -> Blueprint:
-    module_name, _, attribute = path.partition(":")
-    folder = str(Path(file).resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # modules beside the config file, as Hypercorn does for cwd
-    try:
-        module = importlib.import_module(module_name)
-        obj: Any = getattr(module, attribute)
-    except (ImportError, AttributeError) as error:
-        raise ConfigError([Problem(file, key, f"cannot import {path!r}: {error}")]) from None
-    if callable(obj) and not isinstance(obj, Blueprint):
-        obj = obj()
-    if not isinstance(obj, Blueprint):
-        raise ConfigError([Problem(file, key, f"{path!r} is not a Quart Blueprint")])
-    return obj

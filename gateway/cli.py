@@ -51,14 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.server.supervisor import reload_command
 
         return reload_command(args.config, args.pid_file, args.pid)
+    kinds: dict[str, str] = {}
     try:
         config = load_config(args.config)
         if args.command == "check":
-            import_apps(config)
+            kinds = import_apps(config)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
     print(route_table(config))
+    for name, kind in kinds.items():
+        print(f"upstreams.{name}: in-process {kind} app ({config.app_upstreams[name].app})")
     if args.command == "check":
         n_routes = len(config.routes)
         n_upstreams = len(config.upstreams) + len(config.app_upstreams)
@@ -71,19 +74,24 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def import_apps(config: GatewayConfig) -> None:
+def import_apps(config: GatewayConfig) -> dict[str, str]:
     """Import every in-process app upstream as the workers will, so that one that cannot be
-    imported is a ``file: upstreams.NAME.app: reason`` here, not a traceback per worker."""
-    from gateway.app import _import_blueprint
+    imported is a ``file: upstreams.NAME.app: reason`` here, not a traceback per worker;
+    the kind of each (blueprint, asgi, wsgi), by upstream name."""
+    from gateway.inprocess import WSGI, import_app
 
     problems: list[Problem] = []
+    kinds: dict[str, str] = {}
     for name, spec in config.app_upstreams.items():
         try:
-            _import_blueprint(spec.app, config.source, f"upstreams.{name}.app")
+            kind, _ = import_app(spec, config.source)
         except ConfigError as error:
             problems += error.problems
+            continue
+        kinds[name] = f"{kind} (threads = {spec.threads})" if kind == WSGI else kind
     if problems:
         raise ConfigError(problems)
+    return kinds
 
 
 def route_table(config: GatewayConfig) -> str:

@@ -23,6 +23,7 @@ from gateway.policies.pipeline import check_routes, parse_route_policies
 from gateway.policies.settings import EdgeSettings, parse_edge
 from gateway.resilience_config import parse_route_resilience, parse_upstream_resilience
 from gateway.tracing import TRACE_MODES
+from gateway.websocket.settings import parse_websocket
 from routes.model import ALL_METHODS, RouteSpec, validate_path
 from upstreams.settings import TargetSpec, UpstreamSpec
 
@@ -88,10 +89,13 @@ class ServerSettings:
 
 @dataclass(frozen=True, slots=True)
 class AppUpstreamSpec:
-    """An in-process upstream: a Quart blueprint (``"module:attribute"``) mounted in the app."""
+    """An in-process upstream (``"module:attribute"``): a Quart blueprint, an ASGI app or a
+    WSGI app (gateway/inprocess.py, docs/in-process-apps.md)."""
 
     name: str
     app: str
+    #: Threads of a WSGI app's pool (a blocking handler holds one); unused for ASGI.
+    threads: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,9 +275,10 @@ def _upstreams(
             continue
         if "app" in entry:
             app = reader.take(entry, prefix, "app", str, "", _import_path)
+            threads = reader.take(entry, prefix, "threads", int, 8, _positive)
             reader.leftovers(entry, prefix)
             if app:
-                apps[name] = AppUpstreamSpec(name, app)
+                apps[name] = AppUpstreamSpec(name, app, threads)
             continue
         d = UpstreamSpec(name, ())
         targets = _targets(reader, entry.pop("targets", None), prefix)
@@ -377,6 +382,10 @@ def _routes(reader: ConfigReader, raw: Any, upstream_names: set[str]) -> tuple[R
         preserve_host = reader.take(entry, prefix, "preserve_host", bool, False)
         options = parse_route_policies(reader, entry, prefix, path)
         options.update(parse_route_resilience(reader, entry, prefix))
+        if "websocket" in entry:  # docs/websocket.md; off by default
+            websocket = parse_websocket(reader, entry.pop("websocket"), prefix)
+            if websocket is not None:
+                options["websocket"] = websocket
         reader.leftovers(entry, prefix)
         if "path" not in body:
             reader.problem(f"{prefix}.path", "is required")
@@ -411,9 +420,7 @@ def _routes(reader: ConfigReader, raw: Any, upstream_names: set[str]) -> tuple[R
         seen_keys.setdefault(identity, index)
         if len(reader.problems) == before:
             routes.append(
-                RouteSpec(
-                    name, path, upstream, methods, host, strip_prefix, preserve_host, options
-                )
+                RouteSpec(name, path, upstream, methods, host, strip_prefix, preserve_host, options)
             )
     return tuple(routes)
 

@@ -11,6 +11,7 @@ header list, ``await upstream.send()``, stream the body back. Nothing is parsed 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -25,15 +26,22 @@ from gateway.errors import (
     ClientDisconnected,
     GatewayError,
     Reply,
-    error_body,
     from_upstream,
     send_error,
 )
 from gateway.forwarding import FORWARD_DROP, resolve, untrusted_headers
 from gateway.headers import connection_tokens, filter_response_headers
+from gateway.inprocess import (
+    InProcessApp,
+    Lifespans,
+    declared_too_large,
+    limited_receive,
+    mount_point,
+)
 from gateway.normalize import needs_normalizing, normalize_scope
 from gateway.state import GatewayState, RouteRuntime
 from gateway.tracing import next_hop
+from gateway.websocket.handshake import WebSocketProxy
 from routes.matching import MatchKind
 from routes.model import ALL_METHODS
 from upstreams.errors import UpstreamError
@@ -353,92 +361,112 @@ class Proxy:
             await response.aclose()
         await send({"type": "http.response.body", "body": b""})
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A WebSocket handshake: in-process app routes take it; proxied routes refuse it.
+    @functools.cached_property
+    def websockets(self) -> WebSocketProxy:
+        """WebSocket handshakes and the worker's open sessions, across snapshots (a reload
+        leaves open sessions on theirs; a drain closes them all: ``going_away``)."""
+        return WebSocketProxy()
 
-        Proxied WebSockets are not built yet, so the handshake gets a JSON 501 (404 when no
-        route matches), never a 101, as an HTTP response where the server allows one
-        (the ``websocket.http.response`` extension), else a close before accepting.
-        """
-        state = self.state
-        host = b""
-        for name, value in scope["headers"]:
-            if name == b"host":
-                host = value
-                break
-        match = state.table.match(_hostname(host), scope["path"], "GET")
-        route = match.route if match.kind is MatchKind.FULL else None
-        if route is not None and state.runtimes[route.name].upstream is None:
-            await self.app(scope, receive, send)
-            return
-        if route is None:
-            error = GatewayError(404, "route_not_found", f"no route for {scope['path']}")
-        else:
-            error = GatewayError(
-                501,
-                "websocket_not_supported",
-                f"route {route.name!r} does not proxy WebSocket connections",
-            )
-        log.info("websocket %s -> %d %s", scope["path"], error.status, error.code)
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        if "websocket.http.response" in scope.get("extensions", {}):
-            request_id = _new_request_id().decode("ascii")
-            body = error_body(error.code, error.detail, request_id)
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-                (state.request_id_header, request_id.encode("ascii")),
-            ]
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": error.status,
-                    "headers": headers,
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1008})
+    @functools.cached_property
+    def apps(self) -> dict[str, InProcessApp]:
+        """In-process apps by upstream name (gateway/inprocess.py), filled by create_app."""
+        return {}
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake: gateway/websocket/ (a route without ``websocket = true``
+        answers a JSON 501, an unknown path 404, never a 101)."""
+        await self.websockets(self.state, scope, receive, send, self._to_app)
 
     async def _to_app(
         self, runtime: RouteRuntime, ctx: RequestContext, receive: Receive, send: Send
     ) -> None:
-        """Dispatch to an in-process blueprint mounted under its internal prefix."""
+        """Dispatch to an in-process app: a blueprint through the Quart app under its
+        internal mount; an ASGI or WSGI app (gateway/inprocess.py) called directly, with
+        ``root_path`` set to the stripped prefix so that it generates correct URLs."""
         scope = ctx.scope
         request_id = ctx.request_id
-        ctx.upstream = runtime.route.spec.upstream
-        path = scope["path"]
-        raw_path = scope["raw_path"]
-        if runtime.strip_prefix:
-            raw_path = runtime.route.rewrite(raw_path)
-            path = runtime.route.rewrite(path.encode("utf-8")).decode("utf-8")
-        mount = runtime.mount
+        ctx.upstream = name = runtime.route.spec.upstream
+        app = self.apps.get(name)
         header = self.state.request_id_header
         headers = [(n, v) for n, v in scope["headers"] if n != header]
         headers.append((header, request_id))
         inner = dict(scope)
-        inner["path"] = mount + path
-        inner["raw_path"] = mount.encode("ascii") + raw_path
         inner["headers"] = headers
+        websocket = scope["type"] == "websocket"
+        if websocket:
+            del inner["method"]  # the handshake's GET was for the gateway's policies only
+        call: ASGIApp
+        if app is None or app.asgi is None:  # a blueprint, mounted in the Quart app
+            path = scope["path"]
+            raw_path = scope["raw_path"]
+            if runtime.strip_prefix:
+                raw_path = runtime.route.rewrite(raw_path)
+                path = runtime.route.rewrite(path.encode("utf-8")).decode("utf-8")
+            mount = runtime.mount
+            inner["path"] = mount + path
+            inner["raw_path"] = mount.encode("ascii") + raw_path
+            call = self.app
+        else:
+            if runtime.strip_prefix:
+                prefix = mount_point(scope["path"], runtime.route.segments)
+                inner["root_path"] = scope.get("root_path", "") + prefix
+            lifespan = self.lifespans.states.get(name)
+            if lifespan is not None:
+                inner["state"] = dict(lifespan)
+            call = app.asgi
+            if not websocket:
+                limit = self.state.max_body_size
+                declared = declared_too_large(headers, limit)
+                if declared is not None:
+                    detail = f"request body of {declared} bytes exceeds {limit}"
+                    raise GatewayError(413, "payload_too_large", detail)
+                receive = limited_receive(receive, limit, ctx)
 
         policies = runtime.policies
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            nonlocal started
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.accept"):
+                started = True
                 message = dict(message)
                 headers = [*message.get("headers", ()), (header, request_id)]
                 headers += ctx.response_headers
                 for policy in policies:
                     policy.on_response(ctx, headers)
                 message["headers"] = headers
-                ctx.status = message["status"]
-            elif message["type"] == "http.response.body":
+                ctx.status = message.get("status", 101)
+            elif kind == "http.response.body":
                 ctx.bytes_out += len(message.get("body", b""))
+            elif kind == "websocket.http.response.start":
+                started = True
+                ctx.status = message["status"]
             await send(message)
 
-        await self.app(inner, receive, send_with_id)
+        if app is None or app.asgi is None:
+            await call(inner, receive, send_with_id)
+            return
+        try:
+            await call(inner, receive, send_with_id)
+        except (GatewayError, ClientDisconnected, asyncio.CancelledError):
+            raise
+        except Exception as error:  # the app's bug: logged with its traceback, answered 500
+            log.exception(
+                "in-process app %r failed on %s", name, scope["path"],
+                extra={"request_id": request_id.decode("ascii")},
+            )  # fmt: skip
+            if started or websocket:
+                return
+            raise GatewayError(500, "app_error", f"in-process app {name!r} failed") from error
+        if not started and ctx.error == "payload_too_large":
+            limit = self.state.max_body_size
+            raise GatewayError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+
+    @functools.cached_property
+    def lifespans(self) -> Lifespans:
+        """The ASGI lifespans of in-process ASGI apps (their state goes into each scope)."""
+        return Lifespans(list(self.apps.values()))
 
 
 class _DisconnectWatch:

@@ -10,6 +10,8 @@ from gateway.config import GatewayConfig
 from gateway.context import Observer, Policy
 from gateway.headers import TrustedProxies
 from gateway.policies.pipeline import Resources, build_policies
+from gateway.websocket.connect import Connector
+from gateway.websocket.settings import WebSocketSettings
 from routes.matching import RouteTable
 from routes.model import Route
 from upstreams.retry import RetryPolicy
@@ -31,6 +33,10 @@ class RouteRuntime:
     policies: tuple[Policy, ...] = ()
     #: The route's deadline and retry policy for its upstream; None: the upstream's default.
     retry: RetryPolicy | None = None
+    #: ``websocket = true``: the route takes WebSocket handshakes (docs/websocket.md).
+    websocket: WebSocketSettings | None = None
+    #: Opens upstream WebSocket connections; None for in-process apps and plain routes.
+    connector: Connector | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +79,17 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
     table = RouteTable(config.routes)
     runtimes: dict[str, RouteRuntime] = {}
     resources = Resources(config.edge)
+    connectors: dict[str, Connector] = {}
     for route in table.routes:
         spec = route.spec
         upstream = upstreams.get(spec.upstream)
         mount = "" if upstream is not None else APP_MOUNT + spec.upstream
+        websocket = spec.options.get("websocket")
+        connector = None
+        if websocket is not None and upstream is not None:
+            connector = connectors.get(upstream.name)
+            if connector is None:
+                connector = connectors[upstream.name] = Connector(upstream)
         runtimes[route.name] = RouteRuntime(
             route,
             upstream,
@@ -85,6 +98,8 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
             mount,
             build_policies(spec, resources),
             _retry_policy(spec.options) if upstream is not None else None,
+            websocket,
+            connector,
         )
     settings = config.gateway
     return GatewayState(

@@ -18,10 +18,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.context import RequestContext
 from gateway.observability.settings import AccessLogSettings
+
+if TYPE_CHECKING:
+    from gateway.websocket.relay import Session
 
 log = logging.getLogger("quartgate")
 
@@ -91,6 +94,15 @@ class AccessLog:
                 status,
             )
         )
+
+    def session_opened(self, session: Session) -> None:
+        """Nothing: a WebSocket session is logged once, when it ends."""
+
+    def session_finished(self, session: Session) -> None:
+        """One line per WebSocket session, when it ends: status 101, the message bytes
+        each way, its whole duration, and ``error`` = ``ws_close:CLIENT:UPSTREAM:BY`` (the
+        close codes on each side and who closed first: client, upstream or gateway)."""
+        self.request_finished(session.ctx)
 
     # ---- writer thread ------------------------------------------------------------------
 

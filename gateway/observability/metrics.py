@@ -33,12 +33,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway.context import RequestContext
+from gateway.observability.sessions import SessionMetrics
 from gateway.observability.settings import MetricsSettings
 from routes.model import ALL_METHODS
 
 if TYPE_CHECKING:
     from gateway.observability.control import Control
     from gateway.state import GatewayState
+    from gateway.websocket.relay import Session
 
 NO_ROUTE = "(none)"
 OTHER_METHOD = "OTHER"
@@ -182,6 +184,8 @@ class GatewayMetrics:
             "Access log lines dropped because the writer fell behind.",
             registry=registry,
         )
+        #: WebSocket sessions (gateway/observability/sessions.py).
+        self.sessions = SessionMetrics(registry)
         if registry is not None:
             ProcessCollector(registry=registry)
         from gateway import __version__
@@ -286,6 +290,12 @@ class MetricsObserver:
             errors.inc()
             if status == 429:
                 children.rate_limited.inc()
+
+    def session_opened(self, session: Session) -> None:
+        self._metrics.sessions.opened(session)
+
+    def session_finished(self, session: Session) -> None:
+        self._metrics.sessions.finished(session)
 
     def _request_child(self, name: str, method: str, status: int) -> Any:
         status_class = f"{status // 100}xx" if 100 <= status < 600 else "5xx"

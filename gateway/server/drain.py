@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from typing import Any
 
 #: Longest wait, after SIGTERM, for keep-alive clients to take their Connection: close.
 LINGER = 2.0
@@ -38,6 +39,14 @@ def stop_accepting(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None
         loop.remove_reader(sock.fileno())
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def going_away(app: Any) -> None:
+    """Tell the app the worker is draining: its open WebSocket sessions are closed with
+    1001 both ways (gateway/websocket/sessions.py), so they end within the drain."""
+    hook = getattr(app, "extensions", {}).get("quartgate.going_away")
+    if hook is not None:
+        hook()
 
 
 async def wait_quiet(busy: Callable[[], int], limit: float) -> None:

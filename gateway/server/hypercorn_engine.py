@@ -17,7 +17,7 @@ from typing import Any
 from hypercorn.config import Config, Sockets
 
 from gateway.server import hypercorn_patches
-from gateway.server.drain import stop_accepting, wait_quiet
+from gateway.server.drain import going_away, stop_accepting, wait_quiet
 
 log = logging.getLogger("quartgate")
 
@@ -62,6 +62,7 @@ async def _serve(app: Any, config: Config, sockets: Sockets, ready: Event | None
         config.keep_alive_max_requests = 0
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
             stop_accepting(loop, sock)
+        going_away(quart)  # open WebSocket sessions: close 1001 both ways
         draining.set()
 
     async def drained() -> None:

@@ -48,7 +48,7 @@ from hypercorn.config import Config, Sockets
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.errors import error_body
-from gateway.server.drain import stop_accepting, wait_quiet
+from gateway.server.drain import going_away, stop_accepting, wait_quiet
 
 log = logging.getLogger("quartgate")
 
@@ -279,6 +279,7 @@ async def _serve(
         for connection in _connections(server):
             if connection.busy():
                 connection.cycle.keep_alive = False
+        going_away(app)  # open WebSocket sessions: close 1001 both ways
         draining.set()
 
     def busy() -> int:

@@ -1,0 +1,306 @@
+"""A client's WebSocket handshake, from the first ASGI message to an open session.
+
+The same edge as an HTTP request (gateway/proxy.py): header limits, control characters,
+path normalisation, trusted forwarding, traceparent, the route match (as a GET), then the
+route's policies. Refusals are HTTP responses with the gateway's JSON body and the
+policy's status, sent with the ``websocket.http.response`` extension (both engines have
+it), never a 101. Only then is the upstream connected; the client is accepted with the
+upstream's subprotocol and headers once the upstream has accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Final
+
+from gateway.asgi_types import Message, Receive, Scope, Send
+from gateway.context import RequestContext
+from gateway.edge_checks import CTL_IN_VALUE, check_target
+from gateway.errors import GatewayError, Reply, error_body
+from gateway.forwarding import FORWARD_DROP, resolve, untrusted_headers
+from gateway.normalize import needs_normalizing, normalize_scope
+from gateway.policies.cors import CorsPolicy
+from gateway.tracing import next_hop
+from gateway.websocket.connect import Refused, accept_headers
+from gateway.websocket.relay import Session
+from gateway.websocket.sessions import SessionObserver, Sessions
+from routes.matching import MatchKind
+
+if TYPE_CHECKING:
+    from gateway.state import GatewayState, RouteRuntime
+
+#: ``Proxy._to_app``: hands a request or a session to an in-process app.
+ToApp = Callable[["RouteRuntime", RequestContext, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("quartgate")
+
+#: Client handshake headers never sent upstream: the upstream handshake has its own, and
+#: Origin and Sec-WebSocket-Protocol are passed to the library as what they are.
+HANDSHAKE_DROP: Final = FORWARD_DROP | {
+    b"sec-websocket-key",
+    b"sec-websocket-version",
+    b"sec-websocket-extensions",
+    b"sec-websocket-protocol",
+    b"origin",
+}
+
+
+class WebSocketProxy:
+    """Handshakes of every snapshot, and the worker's open :class:`Sessions`."""
+
+    def __init__(self) -> None:
+        from gateway import proxy  # the hot path's own helpers, one definition of each
+
+        self.sessions = Sessions()
+        self._hostname = proxy._hostname
+        self._new_request_id = proxy._new_request_id
+        self._valid_request_id = proxy._valid_request_id
+
+    async def __call__(
+        self,
+        state: GatewayState,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        to_app: ToApp | None = None,
+    ) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        request_id_header = state.request_id_header
+        host = b""
+        request_id: bytes | None = None
+        traceparent: bytes | None = None
+        origin: bytes | None = None
+        control_character = duplicate_host = False
+        for name, value in scope["headers"]:
+            if CTL_IN_VALUE(value) is not None:
+                control_character = True
+            if name == b"host":
+                duplicate_host = bool(host)
+                host = value
+            elif name == request_id_header:
+                request_id = value
+            elif name == b"traceparent":
+                traceparent = value
+            elif name == b"origin":
+                origin = value
+        if request_id is None or not self._valid_request_id(request_id):
+            request_id = self._new_request_id()
+        # Policies and observers read an HTTP-like scope: the handshake is a GET.
+        view = dict(scope)
+        view["method"] = "GET"
+        ctx = RequestContext(view, request_id, host, perf_counter())
+        session: Session | None = None
+        try:
+            settings = state.config.gateway
+            headers = view["headers"]
+            if len(headers) > settings.max_header_count:
+                raise GatewayError(431, "too_many_headers", "too many headers")
+            if sum([len(n) + len(v) for n, v in headers]) > settings.max_header_size:
+                raise GatewayError(431, "headers_too_large", "headers too large")
+            check_target(view)
+            if control_character:
+                raise GatewayError(400, "bad_request", "control character in a header value")
+            if duplicate_host:
+                raise GatewayError(400, "bad_request", "more than one Host header")
+            if needs_normalizing(view["raw_path"]):
+                host = ctx.host = normalize_scope(view, host, settings.escaped_slashes)
+            if state.trusted and state.trusted.trusts(ctx.client_ip):
+                scheme = "https" if view.get("scheme") == "wss" else "http"
+                found = resolve(view["headers"], ctx.client_ip, scheme, host, state.trusted)
+                ctx.client_ip = found.client_ip
+                ctx.forwarding = found.headers
+            if traceparent is not None or settings.traceparent == "start":
+                ctx.traceparent, keep_state = next_hop(traceparent, settings.traceparent)
+                if not keep_state:
+                    view["headers"] = [h for h in view["headers"] if h[0] != b"tracestate"]
+            match = state.table.match(self._hostname(host), view["path"], "GET")
+            if match.kind is not MatchKind.FULL or match.route is None:
+                if match.kind is MatchKind.PARTIAL:
+                    raise GatewayError(405, "method_not_allowed", "GET is not allowed here")
+                raise GatewayError(404, "route_not_found", f"no route for {view['path']}")
+            route = match.route
+            ctx.route = route
+            ctx.params = match.params or {}
+            runtime = state.runtimes[route.name]
+            if runtime.websocket is None:
+                raise GatewayError(
+                    501,
+                    "websocket_not_supported",
+                    f"route {route.name!r} does not proxy WebSocket connections",
+                )
+            for policy in runtime.policies:
+                await policy.on_request(ctx)
+                # Browsers apply no CORS to WebSockets: the origin check is the gateway's.
+                if (
+                    isinstance(policy, CorsPolicy)
+                    and origin is not None
+                    and not policy.allowed(origin)
+                ):
+                    raise GatewayError(403, "origin_not_allowed", "origin not allowed")
+            if runtime.connector is None:  # an in-process app takes the session itself
+                assert to_app is not None
+                await to_app(runtime, ctx, _replay(message, receive), send)
+                return
+            session = await self._open(state, runtime, ctx, send, receive, origin)
+            if session is None:
+                return
+            self.sessions.add(session)
+            for observer in state.observers:
+                if isinstance(observer, SessionObserver):
+                    observer.session_opened(session)
+            close = await session.run()
+            ctx.error = f"ws_close:{close.client_code}:{close.upstream_code}:{close.by}"
+        except GatewayError as error:
+            ctx.status = error.status
+            ctx.error = error.code
+            level = logging.WARNING if error.status >= 500 else logging.INFO
+            log.log(
+                level,
+                "websocket %s -> %d %s: %s",
+                view["path"],
+                error.status,
+                error.code,
+                error.detail,
+                extra={"request_id": request_id.decode("ascii")},
+            )
+            body = error_body(error.code, error.detail, request_id.decode("ascii"))
+            await _refuse(
+                send,
+                error.status,
+                [(b"content-type", b"application/json"), *error.headers, *ctx.response_headers],
+                body,
+                ctx,
+                request_id_header,
+            )
+        except Reply as reply:
+            ctx.status = reply.status
+            await _refuse(
+                send,
+                reply.status,
+                [*reply.headers, *ctx.response_headers],
+                reply.body,
+                ctx,
+                request_id_header,
+            )
+        finally:
+            if session is not None:
+                self.sessions.discard(session)
+                ctx.bytes_in = session.bytes_in
+                ctx.bytes_out = session.bytes_out
+            for observer in state.observers:
+                if session is not None and isinstance(observer, SessionObserver):
+                    observer.session_finished(session)
+                else:
+                    observer.request_finished(ctx)
+
+    async def _open(
+        self,
+        state: GatewayState,
+        runtime: RouteRuntime,
+        ctx: RequestContext,
+        send: Send,
+        receive: Receive,
+        origin: bytes | None,
+    ) -> Session | None:
+        """Connect the upstream, then accept the client; None when the upstream refused."""
+        connector = runtime.connector
+        settings = runtime.websocket
+        assert connector is not None and settings is not None
+        view = ctx.scope
+        request_id_header = state.request_id_header
+        headers = [
+            (n, v) for n, v in view["headers"] if n not in HANDSHAKE_DROP and n != request_id_header
+        ]
+        headers.append((request_id_header, ctx.request_id))
+        headers += ctx.forwarding or untrusted_headers(
+            ctx.client_ip, "https" if view.get("scheme") == "wss" else "http", ctx.host
+        )
+        if ctx.traceparent is not None:
+            headers.append((b"traceparent", ctx.traceparent))
+        raw_path = view["raw_path"]
+        path = runtime.route.rewrite(raw_path) if runtime.strip_prefix else raw_path
+        if view["query_string"]:
+            path = path + b"?" + view["query_string"]
+        ctx.upstream = connector.upstream.name
+        ctx.upstream_start = perf_counter()
+        try:
+            opened = await connector.open(
+                path,
+                headers,
+                settings,
+                host=ctx.host if runtime.preserve_host else None,
+                client=ctx.client_ip,
+                subprotocols=view.get("subprotocols") or (),
+                origin=origin.decode("latin-1") if origin is not None else None,
+            )
+        finally:
+            ctx.upstream_time = perf_counter() - ctx.upstream_start
+        if isinstance(opened, Refused):
+            ctx.status = opened.status
+            ctx.error = "upstream_refused_websocket"
+            await _refuse(
+                send,
+                opened.status,
+                [*opened.headers, *ctx.response_headers],
+                opened.body,
+                ctx,
+                request_id_header,
+                runtime,
+            )
+            return None
+        connection, target = opened
+        ctx.upstream_target = target.url
+        reply = accept_headers(connection)
+        reply.append((request_id_header, ctx.request_id))
+        reply += ctx.response_headers
+        for policy in runtime.policies:
+            policy.on_response(ctx, reply)
+        accept: Message = {"type": "websocket.accept", "headers": reply}
+        if connection.subprotocol is not None:
+            accept["subprotocol"] = connection.subprotocol
+        try:
+            await send(accept)
+        except BaseException:
+            await connection.close(1001, "client went away")
+            raise
+        ctx.status = 101
+        return Session(ctx, settings, connection, receive, send)
+
+
+async def _refuse(
+    send: Send,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    ctx: RequestContext,
+    id_header: bytes,
+    runtime: RouteRuntime | None = None,
+) -> None:
+    """An HTTP response to the handshake (``websocket.http.response``), never a 101."""
+    headers = [(n, v) for n, v in headers if n != b"content-length" and n != id_header]
+    headers += [(b"content-length", b"%d" % len(body)), (id_header, ctx.request_id)]
+    if runtime is not None:
+        for policy in runtime.policies:
+            policy.on_response(ctx, headers)
+    ctx.bytes_out = len(body)
+    if "websocket.http.response" not in ctx.scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})  # the server answers 403
+        return
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+def _replay(first: Message, receive: Receive) -> Receive:
+    """``receive`` that gives ``first`` (the connect already read) once, then the rest."""
+    pending: list[Message] = [first]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
