@@ -14,17 +14,33 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from upstreams.errors import UpstreamError
-from upstreams.messages import UpstreamRequest
-
-if TYPE_CHECKING:
-    from upstreams.target import Target
+from upstreams.messages import UpstreamRequest, UpstreamResponse
 
 log = logging.getLogger("quartgate.upstreams")
 
 USER_AGENT = b"quartgate-health-check"
+
+
+class _Sends(Protocol):
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
+
+
+class Target(Protocol):
+    """What the checker needs of a target (``upstreams.target.Target`` is one); a protocol,
+    so that ``settings`` (which holds :class:`HealthSpec`) does not import the target."""
+
+    name: str
+    healthy: bool
+    health_checks_passed: int
+    health_checks_failed: int
+
+    @property
+    def sender(self) -> _Sends: ...
+
+    def refresh(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from upstreams.errors import (
     PoolExhausted,
@@ -26,18 +25,12 @@ from upstreams.errors import (
 from upstreams.h1.connection import H1Connection
 from upstreams.h1.framing import LAST_CHUNK, chunk, request_head
 from upstreams.messages import UpstreamRequest, UpstreamResponse
+from upstreams.sender import PoolStats
 from upstreams.settings import TargetSpec, UpstreamSpec
 
 _NO_BODY_METHODS = frozenset({b"HEAD"})
 #: RFC 9110 9.2.2: a repeat has the effect of one request.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStats:
-    in_use: int
-    idle: int
-    waiting: int
 
 
 class ConnectionPool:

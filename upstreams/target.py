@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 from upstreams.breaker import CLOSED, Breaker, BreakerSpec
 
 if TYPE_CHECKING:
-    from upstreams.pool import PoolStats
+    from upstreams.sender import PoolStats, Sender
     from upstreams.settings import TargetSpec
-    from upstreams.upstream import Sender
 
 
 class Target:

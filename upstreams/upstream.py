@@ -6,7 +6,6 @@ import asyncio
 import logging
 import math
 from dataclasses import replace
-from typing import Protocol
 
 import httpx
 
@@ -24,24 +23,13 @@ from upstreams.errors import (
 from upstreams.h2 import H2Sender
 from upstreams.health import HealthChecker
 from upstreams.messages import UpstreamRequest, UpstreamResponse
-from upstreams.pool import ConnectionPool, PoolStats
+from upstreams.pool import ConnectionPool
 from upstreams.retry import CONNECT_ONLY, RetryPolicy, backoff, condition
-from upstreams.settings import TargetSpec, UpstreamSpec
+from upstreams.sender import Sender
+from upstreams.settings import UpstreamSpec
 from upstreams.target import Target
 
 log = logging.getLogger("quartgate.upstreams")
-
-
-class Sender(Protocol):
-    """Sends to one target; :class:`ConnectionPool` (HTTP/1.1) and :class:`H2Sender`."""
-
-    target: TargetSpec
-
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
-
-    def stats(self) -> PoolStats | None: ...
-
-    async def aclose(self) -> None: ...
 
 
 class Upstream:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gateway.observability.control import Control
     from gateway.state import GatewayState
-    from upstreams.pool import PoolStats
+    from upstreams.sender import PoolStats
     from upstreams.upstream import Upstream
 
 
