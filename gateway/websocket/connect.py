@@ -11,6 +11,7 @@ failed HTTP request does.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import ssl
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from gateway.errors import GatewayError
 from gateway.headers import HOP_BY_HOP
 from gateway.websocket.settings import WebSocketSettings
 from upstreams.balancer import Balancer, hash_bytes, make_balancer
+from upstreams.breaker import OPEN
 from upstreams.target import Target
 from upstreams.upstream import Upstream
 
@@ -32,6 +34,9 @@ from upstreams.upstream import Upstream
 #: upstream (the library's default is 16): with ``max_message_size`` this bounds a
 #: session's memory when the client reads slowly.
 MAX_QUEUE: Final = 4
+#: Seconds the upstream gets to answer a close frame before its TCP connection is dropped
+#: (also how long a failed upstream, such as a ping timeout, takes to be noticed as closed).
+CLOSE_TIMEOUT: Final = 2.0
 #: Response headers of the upstream's 101 never passed to the client: the client's own
 #: handshake is answered by the gateway's server.
 ACCEPT_DROP: Final = HOP_BY_HOP | {
@@ -89,7 +94,7 @@ class Connector:
                     503,
                     "no_healthy_upstream",
                     f"upstream {upstream.name!r}: every target is drained or unhealthy",
-                    [(b"retry-after", b"1")],
+                    [(b"retry-after", b"%d" % self._retry_after(loop.time()))],
                 )
             breaker = target.breaker
             if breaker is not None:
@@ -116,6 +121,18 @@ class Connector:
                 else:
                     breaker.success(loop.time())
             return result if isinstance(result, Refused) else (result, target)
+
+    def _retry_after(self, now: float) -> int:
+        """When the first ejected target is probed again, as the HTTP path says it."""
+        waits = [
+            t.breaker.reopens_at - now
+            for t in self.upstream.targets
+            if t.breaker is not None and t.breaker.state == OPEN
+        ]
+        health = self.upstream.health
+        if not waits and health is not None:
+            waits = [health.spec.interval]
+        return max(1, math.ceil(min(waits, default=1.0)))
 
     async def _handshake(
         self,
@@ -153,7 +170,7 @@ class Connector:
                 open_timeout=settings.connect_timeout,
                 ping_interval=interval,
                 ping_timeout=interval,
-                close_timeout=5.0,
+                close_timeout=CLOSE_TIMEOUT,
                 max_size=settings.max_message_size,
                 max_queue=MAX_QUEUE,
             )

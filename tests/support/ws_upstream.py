@@ -14,6 +14,7 @@ Its behaviour is chosen by the path (the last segment, so ``/ws/echo`` is ``/ech
                   length (8 bytes); backpressure tests
   /flood          on the first message "N", sends N binary messages of 64 KiB (message i
                   is i as 4 bytes, repeated) as fast as the connection takes them
+  /mute           stops reading after the handshake (so never answers a ping)
   /refuse/N       refuses the handshake with HTTP status N and a short body
 
 Every connection's end is put on ``closed`` as (path, code, reason) where code is the close
@@ -112,6 +113,7 @@ class WebSocketUpstream:
             max_size=self.max_size,
             compression=None,
             ping_interval=None,
+            close_timeout=1,  # /mute never answers a close: the server's stop waits this long
             select_subprotocol=_first_offered,
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
@@ -177,6 +179,9 @@ class WebSocketUpstream:
             await connection.send(f"pong {latency >= 0}")
             async for message in connection:
                 await connection.send(message)
+        elif kind == "/mute":
+            connection.transport.pause_reading()
+            await connection.wait_closed()
         elif kind == "/flood":
             self.flood_sent = 0
             count = int(await connection.recv())
