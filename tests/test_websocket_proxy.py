@@ -364,6 +364,17 @@ async def test_the_upstream_gets_forwarding_headers_subprotocols_and_the_request
     assert names.count("sec-websocket-key") == 1 and names.count("host") == 1
 
 
+async def test_a_handshake_with_two_hosts_is_refused_before_routing(
+    gateway: GatewayProcess, upstream: WebSocketUpstream
+) -> None:
+    opened = upstream.connections
+    response = await raw_handshake(gateway.port, "/ws/echo", "Host: other.example\r\n")
+    status, _, body = head_and_body(response)
+    # Refused by the gateway on Hypercorn, by uvicorn's parser (with the gateway's body).
+    assert (status, json.loads(body)["error"]) == (400, "bad_request")
+    assert upstream.connections == opened
+
+
 async def test_a_route_without_websocket_answers_a_json_501(gateway: GatewayProcess) -> None:
     status, headers, body = head_and_body(await raw_handshake(gateway.port, "/plain/echo"))
     assert status == 501

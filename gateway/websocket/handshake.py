@@ -74,12 +74,13 @@ class WebSocketProxy:
         request_id: bytes | None = None
         traceparent: bytes | None = None
         origin: bytes | None = None
-        control_character = duplicate_host = False
+        control_character = duplicate_host = host_seen = False
         for name, value in scope["headers"]:
             if CTL_IN_VALUE(value) is not None:
                 control_character = True
             if name == b"host":
-                duplicate_host = bool(host)
+                duplicate_host = duplicate_host or host_seen
+                host_seen = True
                 host = value
             elif name == request_id_header:
                 request_id = value
@@ -157,7 +158,9 @@ class WebSocketProxy:
         except GatewayError as error:
             ctx.status = error.status
             ctx.error = error.code
-            level = logging.WARNING if error.status >= 500 else logging.INFO
+            # The upstream's failures are the operator's business; a route without
+            # WebSockets (501) and the client's mistakes (4xx) are the access log's.
+            level = logging.WARNING if error.status >= 502 else logging.INFO
             log.log(
                 level,
                 "websocket %s -> %d %s: %s",
