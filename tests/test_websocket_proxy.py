@@ -47,6 +47,10 @@ path = "/ws"
 upstream = "ws"
 [routes.websocket]
 max_message_size = {max}
+[routes.headers]
+request_set = {{ x-route = "ws" }}
+request_remove = ["x-secret"]
+response_set = {{ x-served-by = "quartgate" }}
 
 [[routes]]
 name = "keyed"
@@ -341,19 +345,31 @@ async def test_a_cors_route_refuses_a_foreign_origin_with_403(
     assert sent["origin"] == "https://app.example.com"
 
 
-async def test_the_upstream_gets_forwarding_headers_subprotocols_and_the_request_id(
+async def test_the_upstream_gets_forwarding_headers_header_rules_traceparent_and_subprotocols(
     gateway: GatewayProcess, upstream: WebSocketUpstream
 ) -> None:
     async with client(
         ws_url(gateway, "/ws/headers?room=1"),
         subprotocols=["chat.v2", "chat.v1"],
-        additional_headers={"x-request-id": "ws-test-1", "cookie": "a=b"},
+        additional_headers={
+            "x-request-id": "ws-test-1",
+            "cookie": "a=b",
+            "x-secret": "do not pass",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        },
     ) as ws:
         assert ws.subprotocol == "chat.v2"
         assert ws.response is not None
         assert ws.response.headers["x-request-id"] == "ws-test-1"
+        assert ws.response.headers["x-served-by"] == "quartgate"  # header rules' response side
         seen = json.loads(await ws.recv())
     sent = dict(seen["headers"])
+    assert sent["x-route"] == "ws"
+    assert "x-secret" not in sent
+    # This hop's span: the same trace id, a new parent id.
+    trace = sent["traceparent"].split("-")
+    assert trace[1] == "0af7651916cd43dd8448eb211c80319c"
+    assert trace[2] != "b7ad6b7169203331"
     assert seen["subprotocol"] == "chat.v2"
     assert sent["x-request-id"] == "ws-test-1"
     assert sent["x-forwarded-for"] == "127.0.0.1"
