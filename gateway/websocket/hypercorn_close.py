@@ -27,6 +27,16 @@ def install() -> None:
     stream_class: Any = ws_stream.WSStream
     if getattr(stream_class, "_quartgate_close", False):
         return
+    missing = [
+        name
+        for name in ("WSStream._handle_events", "WSStream.handle", "ASGIWebsocketState")
+        if not hasattr(stream_class if "." in name else ws_stream, name.rpartition(".")[2])
+    ]
+    if missing:
+        # Fail at start-up, loudly, rather than serve with close codes silently lost.
+        raise RuntimeError(
+            f"Hypercorn's WSStream changed (written for {WRITTEN_FOR}): {', '.join(missing)}"
+        )
     handle_events = stream_class._handle_events
     handle = stream_class.handle
     connected = ws_stream.ASGIWebsocketState.CONNECTED
