@@ -160,3 +160,39 @@ async def test_sessions_are_in_the_metrics_and_the_access_log(
     assert record["upstream"] == "ws"
     assert (record["bytes_in"], record["bytes_out"]) == (7, 7)
     assert record["error"] == "ws_close:4000:4000:client"
+
+
+async def test_open_sessions_count_for_the_least_outstanding_balancer(
+    make_gateway: Callable[..., GatewayProcess], upstream: WebSocketUpstream
+) -> None:
+    """s1 and s2 go to different targets; once s2 has ended, s3 must go where s2 was (no
+    session there), not where round robin or a tie would send it (beside s1)."""
+    other = WebSocketUpstream().start()
+    try:
+        gateway = make_gateway(
+            f'[upstreams.two]\ntargets = ["{upstream.url}", "{other.url}"]\n'
+            'balancer = "least_outstanding"\n\n'
+            '[[routes]]\npath = "/ws"\nupstream = "two"\nwebsocket = true\n'
+        )
+        url = f"ws://127.0.0.1:{gateway.port}/ws/"
+
+        def served(path: str) -> WebSocketUpstream:
+            for server in (upstream, other):
+                if path in list(server.opened.queue):
+                    return server
+            raise AssertionError(f"no target saw {path}")
+
+        async with client(url + "lo1/echo") as s1:
+            await s1.send("x")
+            assert await s1.recv() == "x"
+            async with client(url + "lo2/echo") as s2:
+                await s2.send("x")
+                assert await s2.recv() == "x"
+            assert served("/ws/lo2/echo") is not served("/ws/lo1/echo")
+            await served("/ws/lo2/echo").next_close("/ws/lo2/echo")
+            async with client(url + "lo3/echo") as s3:
+                await s3.send("x")
+                assert await s3.recv() == "x"
+            assert served("/ws/lo3/echo") is served("/ws/lo2/echo")
+    finally:
+        other.stop()

@@ -192,6 +192,8 @@ class WebSocketProxy:
         finally:
             if session is not None:
                 self.sessions.discard(session)
+                if session.target is not None:
+                    session.target.outstanding -= 1
                 ctx.bytes_in = session.bytes_in
                 ctx.bytes_out = session.bytes_out
             for observer in state.observers:
@@ -271,7 +273,8 @@ class WebSocketProxy:
             await connection.close(1001, "client went away")
             raise
         ctx.status = 101
-        return Session(ctx, settings, connection, receive, send)
+        target.outstanding += 1  # released in __call__'s finally
+        return Session(ctx, settings, connection, receive, send, target)
 
 
 async def _refuse(

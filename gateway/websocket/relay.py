@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway.asgi_types import Message, Receive, Send
 from gateway.context import RequestContext
 from gateway.websocket.settings import WebSocketSettings
+from upstreams.target import Target
 
 log = logging.getLogger("quartgate")
 
@@ -74,6 +75,7 @@ class Session:
         "messages_out",
         "opened",
         "settings",
+        "target",
         "upstream",
     )
 
@@ -84,8 +86,12 @@ class Session:
         upstream: ClientConnection,
         receive: Receive,
         send: Send,
+        target: Target | None = None,
     ) -> None:
         self.ctx = ctx
+        #: The upstream target; the session counts as outstanding on it while open, so
+        #: ``balancer = "least_outstanding"`` spreads sessions as nginx's least_conn does.
+        self.target = target
         self.settings = settings
         self.upstream = upstream
         self._receive = receive
