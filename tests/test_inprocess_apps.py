@@ -1,6 +1,7 @@
 """Any Python web app as an in-process upstream, through a real gateway process: a Flask app
 (WSGI, on its own thread pool), a Starlette app (ASGI, with its lifespan and a WebSocket),
-a bare ASGI callable and the existing Quart blueprint, side by side in one config."""
+a bare ASGI callable and the existing Quart blueprint, side by side in one config, on each
+engine."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.gateway import ROOT, GatewayProcess
+from tests.support.gateway import ENGINES, ROOT, GatewayProcess
 from tests.support.ws_client import client
 
 APPS = "tests.support.inprocess_apps"
@@ -66,13 +67,15 @@ strip_prefix = true
 """
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    folder = tmp_path_factory.mktemp("inprocess")
+@pytest.fixture(scope="module", params=ENGINES)
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    folder = tmp_path_factory.mktemp(f"inprocess-{request.param}")
     (folder / "hello_app.py").write_text((ROOT / "examples" / "hello_app.py").read_text())
     path = folder / "gateway.toml"
     path.write_text(CONFIG)
-    process = GatewayProcess(path).start()
+    process = GatewayProcess(path, engine=str(request.param)).start()
     yield process
     process.stop()
 
