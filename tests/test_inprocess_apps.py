@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.support.gateway import ENGINES, ROOT, GatewayProcess
-from tests.support.ws_client import client
+from tests.support.ws_client import client, head_and_body, raw_handshake
 
 APPS = "tests.support.inprocess_apps"
 CONFIG = f"""
@@ -49,6 +49,11 @@ strip_prefix = true
 path = "/starlette"
 upstream = "starlette"
 strip_prefix = true
+websocket = true
+
+[[routes]]
+path = "/flaskws"
+upstream = "flask"
 websocket = true
 
 [[routes]]
@@ -144,6 +149,13 @@ async def test_a_blocking_flask_handler_leaves_other_routes_fast(
 def test_a_flask_app_that_raises_is_a_500_from_flask(gateway: GatewayProcess) -> None:
     response = get(gateway, "/flask/fail")
     assert response.status_code == 500
+
+
+async def test_a_wsgi_app_refuses_a_websocket_handshake_with_403(
+    gateway: GatewayProcess,
+) -> None:
+    status, _, _ = head_and_body(await raw_handshake(gateway.port, "/flaskws/hello"))
+    assert status == 403
 
 
 def test_a_factory_is_called_once_and_served(gateway: GatewayProcess) -> None:
