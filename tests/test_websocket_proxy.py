@@ -53,6 +53,13 @@ request_remove = ["x-secret"]
 response_set = {{ x-served-by = "quartgate" }}
 
 [[routes]]
+name = "kept-host"
+path = "/kepthost"
+upstream = "ws"
+preserve_host = true
+websocket = true
+
+[[routes]]
 name = "keyed"
 path = "/keyed"
 upstream = "ws"
@@ -388,6 +395,25 @@ async def test_a_handshake_with_two_hosts_is_refused_before_routing(
     status, _, body = head_and_body(response)
     # Refused by the gateway on Hypercorn, by uvicorn's parser (with the gateway's body).
     assert (status, json.loads(body)["error"]) == (400, "bad_request")
+    assert upstream.connections == opened
+
+
+async def test_preserve_host_sends_the_clients_host_and_refuses_one_that_is_not_a_host(
+    gateway: GatewayProcess, upstream: WebSocketUpstream
+) -> None:
+    async with client(ws_url(gateway, "/kepthost/headers")) as ws:
+        sent = dict(json.loads(await ws.recv())["headers"])
+    assert sent["host"] == f"127.0.0.1:{gateway.port}"
+    opened = upstream.connections
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"GET /kepthost/echo HTTP/1.1\r\nHost: user@evil.example\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    assert head.split(b" ", 2)[1] == b"400"
     assert upstream.connections == opened
 
 

@@ -82,6 +82,10 @@ class Connector:
 
         Raises :class:`GatewayError` (502, 503, 504) when no target could be reached.
         """
+        if host and _HOST.fullmatch(host.decode("latin-1")) is None:
+            # The client's Host goes into the upstream URI (preserve_host): nothing but a
+            # host and port may (a "user@" part would become an Authorization header).
+            raise GatewayError(400, "bad_request", "invalid Host header for preserve_host")
         upstream = self.upstream
         tried: list[Target] = []
         attempts = 2 if len(upstream.targets) > 1 else 1
@@ -146,11 +150,12 @@ class Connector:
     ) -> ClientConnection | Refused:
         spec = target.spec
         secure = spec.scheme == "https"
-        authority = host.decode("latin-1") if host else f"{spec.host}:{spec.port}"
-        if ":" in spec.host and not host:
+        if host:
+            authority = host.decode("latin-1")  # checked in open()
+        elif ":" in spec.host:
             authority = f"[{spec.host}]:{spec.port}"  # an IPv6 literal
-        if _HOST.fullmatch(authority) is None:
-            raise GatewayError(400, "bad_request", "invalid Host header")
+        else:
+            authority = f"{spec.host}:{spec.port}"
         uri = f"{'wss' if secure else 'ws'}://{authority}{path.decode('ascii')}"
         name = f"upstream {self.upstream.name!r} ({target.url})"
         interval = settings.ping_interval or None
