@@ -47,6 +47,7 @@ import uvicorn
 from hypercorn.config import Config, Sockets
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.config import GatewaySettings
 from gateway.errors import error_body
 from gateway.server.drain import going_away, stop_accepting, wait_quiet
 
@@ -316,5 +317,6 @@ def _connections(server: Server) -> list[GatewayHttpToolsProtocol]:
 def _header_timeout(app: Any) -> float:
     """``[gateway] header_timeout`` of the config the app was built from."""
     proxy = app.extensions.get("quartgate")
-    settings = proxy.state.config.gateway if proxy is not None else None
-    return float(getattr(settings, "header_timeout", 30.0))
+    if proxy is None:  # not the gateway's app: the gateway's default
+        return GatewaySettings().header_timeout
+    return float(proxy.state.config.gateway.header_timeout)

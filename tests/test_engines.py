@@ -1,0 +1,95 @@
+"""What hypercorn.toml and [gateway] say about client connections means the same on each
+engine: the idle and header timeouts, the head cap, the per-connection request cap."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support.edge import closed_within
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import UpstreamServer
+
+CONFIG = """
+[gateway]
+header_timeout = {header_timeout}
+
+[upstreams.main]
+targets = ["{upstream}"]
+
+[[routes]]
+path = "/"
+upstream = "main"
+"""
+
+Start = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+def start(make_gateway: Start, upstream: UpstreamServer, engine: str) -> Iterator[Start]:
+    def run(server: str, header_timeout: float = 30.0) -> GatewayProcess:
+        text = CONFIG.format(upstream=upstream.url, header_timeout=header_timeout)
+        return make_gateway(text, engine=engine, server_config=server)
+
+    yield run
+
+
+def test_a_slow_head_gets_408_after_header_timeout(start: Start) -> None:
+    gateway = start("keep_alive_timeout = 75.0\n", header_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /slow HTTP/1.1\r\nhost: gw\r\n")  # never the blank line
+        data = closed_within(sock, 10)
+    assert data is not None and data.startswith(b"HTTP/1.1 408"), data
+    assert b"request_header_timeout" in data
+    assert 0.9 < time.monotonic() - started < 5
+
+
+def test_an_idle_connection_is_closed_after_keep_alive_timeout(start: Start) -> None:
+    gateway = start("keep_alive_timeout = 1.0\n")
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        started = time.monotonic()
+        data = closed_within(sock, 10)  # sends nothing at all
+    assert data == b""
+    assert 0.9 < time.monotonic() - started < 5
+
+
+def test_a_head_still_incomplete_past_the_cap_is_431(start: Start) -> None:
+    gateway = start("h11_max_incomplete_size = 4096\n")
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: gw\r\nx-big: " + b"a" * 3000)
+        time.sleep(0.2)
+        sock.sendall(b"a" * 3000)  # 6 KiB and no end of head yet
+        data = closed_within(sock, 10)
+    assert data is not None and data.startswith(b"HTTP/1.1 431"), data
+
+
+def test_keep_alive_max_requests_closes_after_the_last(start: Start) -> None:
+    gateway = start("keep_alive_max_requests = 2\n")
+    request = b"GET /x HTTP/1.1\r\nhost: gw\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(request)
+        first = read_head(sock)
+        sock.sendall(request)
+        second = read_head(sock)
+    assert b"connection: close" not in first.lower()
+    assert b"connection: close" in second.lower()
+
+
+def read_head(sock: socket.socket) -> bytes:
+    """A response head; its (small) body is read and dropped."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
