@@ -4,8 +4,12 @@
   which keys each engine honours.
 - ``supervisor``: workers, SIGTERM drain, SIGHUP reload checked by the master first.
 - ``hypercorn_engine`` / ``uvicorn_engine``: one serving worker on each engine.
-- ``hypercorn_patches``: every Hypercorn-private name the gateway touches, checked at start-up.
+- ``drain``: the SIGTERM drain both engines share.
+- ``hypercorn_patches``: the Hypercorn-private names the Hypercorn engine touches, checked at
+  start-up; ``protocol_guard``: the HTTP/1.1 rules Hypercorn and h11 lack, likewise checked.
 - ``tuning``: process-wide settings of a worker (GC).
+
+docs/server.md says what each engine supports and why uvicorn is the fast one.
 """
 
 from __future__ import annotations
