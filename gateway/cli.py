@@ -126,7 +126,7 @@ def route_table(config: GatewayConfig) -> str:
 def _serve(args: argparse.Namespace) -> int:
     from gateway.observability.serving import add_admin_bind, shared_runtime
     from gateway.server.settings import load_server_config
-    from gateway.server.supervisor import serve
+    from gateway.server.supervisor import missing_packages, serve
 
     config_path = Path(args.config).resolve()
     server_path = args.server_config
@@ -137,6 +137,11 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(config_path)
         import_apps(config)
         engine = args.engine or config.server.engine
+        missing = missing_packages(engine)
+        if missing:
+            where = str(config_path) if args.engine is None else "--engine"
+            reason = f"{engine} needs {', '.join(missing)}: pip install -e '.[fast]'"
+            raise ConfigError([Problem(where, "server.engine", reason)])
         server = load_server_config(
             server_path, bind=args.bind, workers=args.workers, engine=engine
         )

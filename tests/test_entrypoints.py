@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from gateway.config import ENGINES as CONFIG_ENGINES
-from gateway.server import hypercorn_patches
+from gateway.server import hypercorn_patches, supervisor
 from gateway.server.settings import load_server_config
 from gateway.server.supervisor import ENGINE_MODULES
 from tests.support.gateway import ENGINES, ROOT, GatewayProcess, free_port, serving
@@ -199,4 +199,10 @@ def test_a_missing_private_name_fails_loudly(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_engine_names_agree() -> None:
-    assert ENGINES == CONFIG_ENGINES == tuple(ENGINE_MODULES)
+    assert ENGINES == CONFIG_ENGINES == tuple(ENGINE_MODULES) == tuple(supervisor.ENGINE_PACKAGES)
+
+
+def test_an_engine_not_installed_is_named_with_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert supervisor.missing_packages("uvicorn") == []  # scripts/setup.sh installs [fast]
+    monkeypatch.setitem(supervisor.ENGINE_PACKAGES, "uvicorn", ("uvicorn", "nosuch_package"))
+    assert supervisor.missing_packages("uvicorn") == ["nosuch_package"]

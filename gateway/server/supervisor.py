@@ -107,6 +107,17 @@ ENGINE_MODULES = {
 }
 
 
+#: What each engine needs installed beyond the base dependencies (pyproject's extras).
+ENGINE_PACKAGES = {"hypercorn": (), "uvicorn": ("uvicorn", "httptools", "websockets")}
+
+
+def missing_packages(engine: str) -> list[str]:
+    """The packages ``engine`` needs that are not installed (``[fast]`` extra)."""
+    import importlib.util
+
+    return [name for name in ENGINE_PACKAGES[engine] if importlib.util.find_spec(name) is None]
+
+
 def run_worker(
     engine: str, config: Config, sockets: Sockets | None = None, ready: Event | None = None
 ) -> int:
