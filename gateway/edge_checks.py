@@ -78,6 +78,8 @@ def check_upgrade(scope: Scope, route: str) -> None:
     Other upgrades (h2c) are ignored: ``Upgrade`` is hop-by-hop and never forwarded."""
     for name, value in scope["headers"]:
         if name == b"upgrade" and b"websocket" in value.lower():
+            if scope["method"] != "GET":
+                raise bad_request(scope, "a WebSocket handshake must be a GET request")
             raise GatewayError(
                 501,
                 "websocket_not_supported",

@@ -20,6 +20,7 @@ from gateway.context import RequestContext
 from gateway.edge_checks import CTL_IN_VALUE, check_target
 from gateway.errors import GatewayError, Reply, error_body
 from gateway.forwarding import FORWARD_DROP, resolve, untrusted_headers
+from gateway.headers import connection_tokens
 from gateway.normalize import needs_normalizing, normalize_scope
 from gateway.policies.cors import CorsPolicy
 from gateway.tracing import next_hop
@@ -74,7 +75,8 @@ class WebSocketProxy:
         request_id: bytes | None = None
         traceparent: bytes | None = None
         origin: bytes | None = None
-        control_character = duplicate_host = host_seen = False
+        connection: bytes | None = None
+        control_character = duplicate_host = host_seen = has_body = False
         for name, value in scope["headers"]:
             if CTL_IN_VALUE(value) is not None:
                 control_character = True
@@ -88,6 +90,10 @@ class WebSocketProxy:
                 traceparent = value
             elif name == b"origin":
                 origin = value
+            elif name == b"connection":
+                connection = value
+            elif name in (b"content-length", b"transfer-encoding"):
+                has_body = True
         if request_id is None or not self._valid_request_id(request_id):
             request_id = self._new_request_id()
         # Policies and observers read an HTTP-like scope: the handshake is a GET.
@@ -107,6 +113,10 @@ class WebSocketProxy:
                 raise GatewayError(400, "bad_request", "control character in a header value")
             if duplicate_host:
                 raise GatewayError(400, "bad_request", "more than one Host header")
+            if has_body:
+                # RFC 6455 4.1: the handshake is a GET; bytes after it before the 101 would
+                # be read as frames by one hop and as a body by another.
+                raise GatewayError(400, "bad_request", "a WebSocket handshake carries no body")
             if needs_normalizing(view["raw_path"]):
                 host = ctx.host = normalize_scope(view, host, settings.escaped_slashes)
             if state.trusted and state.trusted.trusts(ctx.client_ip):
@@ -146,7 +156,7 @@ class WebSocketProxy:
                 assert to_app is not None
                 await to_app(runtime, ctx, _replay(message, receive), send)
                 return
-            session = await self._open(state, runtime, ctx, send, receive, origin)
+            session = await self._open(state, runtime, ctx, send, receive, origin, connection)
             if session is None:
                 return
             self.sessions.add(session)
@@ -210,6 +220,7 @@ class WebSocketProxy:
         send: Send,
         receive: Receive,
         origin: bytes | None,
+        connection_header: bytes | None = None,
     ) -> Session | None:
         """Connect the upstream, then accept the client; None when the upstream refused."""
         connector = runtime.connector
@@ -217,9 +228,13 @@ class WebSocketProxy:
         assert connector is not None and settings is not None
         view = ctx.scope
         request_id_header = state.request_id_header
-        headers = [
-            (n, v) for n, v in view["headers"] if n not in HANDSHAKE_DROP and n != request_id_header
-        ]
+        # Headers the client named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+        drop = (
+            HANDSHAKE_DROP | connection_tokens(connection_header)
+            if connection_header
+            else HANDSHAKE_DROP
+        )
+        headers = [(n, v) for n, v in view["headers"] if n not in drop and n != request_id_header]
         headers.append((request_id_header, ctx.request_id))
         headers += ctx.forwarding or untrusted_headers(
             ctx.client_ip, "https" if view.get("scheme") == "wss" else "http", ctx.host

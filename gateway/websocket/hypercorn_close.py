@@ -21,7 +21,7 @@ WRITTEN_FOR: Final = "0.18"
 
 def install() -> None:
     from hypercorn.protocol import ws_stream
-    from hypercorn.protocol.events import StreamClosed
+    from hypercorn.protocol.events import Body, Data, StreamClosed
     from wsproto.events import CloseConnection
 
     stream_class: Any = ws_stream.WSStream
@@ -54,6 +54,18 @@ def install() -> None:
             del connection.events  # the class's method again
 
     async def _handle(self: Any, event: Any) -> None:
+        if (
+            isinstance(event, Body | Data)
+            and not self.closed
+            and self.app_put is not None
+            and not self.handshake.accepted
+        ):
+            # Bytes before the 101 (a body, frames sent with the handshake): Hypercorn answers
+            # 400 and marks the stream closed but never tells the app, which would keep its
+            # upstream session open until the idle timeout. Tell it.
+            await handle(self, event)
+            await self.app_put({"type": "websocket.disconnect", "code": 1006, "reason": ""})
+            return
         frame = getattr(self, "_quartgate_close_frame", None)
         if (
             frame is not None
