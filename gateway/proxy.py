@@ -428,6 +428,11 @@ class Proxy:
         async def send_with_id(message: Message) -> None:
             nonlocal started
             kind = message["type"]
+            if ctx.error == "payload_too_large" and not started:
+                # The body was cut at max_body_size and the app was told the client left;
+                # a WSGI adapter reads that as the end of the body, and the app would answer
+                # as if the upload were whole. Its answer is dropped: the client gets 413.
+                return
             if kind in ("http.response.start", "websocket.accept"):
                 started = True
                 message = dict(message)

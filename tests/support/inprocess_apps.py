@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -71,7 +72,13 @@ def flask_block() -> str:
     if marker:  # tells the test this handler is running (one byte per request)
         with open(marker, "a") as file:
             file.write("x")
-    time.sleep(1.0)  # a blocking handler: it holds one of the pool's threads
+    release = request.args.get("release")
+    deadline = time.monotonic() + 10.0
+    # A blocking handler: it holds one of the pool's threads until the test releases it.
+    while release and not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not release:
+        time.sleep(1.0)
     return "unblocked"
 
 
