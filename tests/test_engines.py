@@ -93,3 +93,32 @@ def read_head(sock: socket.socket) -> bytes:
     while len(body) < length:
         body += sock.recv(65536)
     return head
+
+
+@pytest.mark.parametrize(
+    "tail", [b"\r\n", b"GARBAGE\r\n\r\n", b"GET /smuggled HTTP/1.1\r\nx: \x01"]
+)
+def test_garbage_after_a_request_waits_for_its_response(
+    start: Start, upstream: UpstreamServer, tail: bytes
+) -> None:
+    """The request before the garbage gets its whole response first; the refusal (if any)
+    comes after it, then the connection closes, and nothing after the garbage runs."""
+    gateway = start("keep_alive_timeout = 5.0\n")
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"GET /first HTTP/1.1\r\nhost: gw\r\n\r\n" + tail)
+        data = closed_within(sock, 10)
+    assert data is not None and data.startswith(b"HTTP/1.1 200"), data
+    assert b"/first" in data.partition(b"\r\n\r\n")[2]
+    assert not any("smuggled" in r.target for r in upstream.requests)
+
+
+def test_a_parser_refusal_leaves_a_log_line(start: Start) -> None:
+    gateway = start("keep_alive_timeout = 5.0\n")
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nhost: gw\r\nx-a: b\r\n c\r\n\r\n")  # obs-fold
+        data = closed_within(sock, 10)
+    assert data is not None and data.startswith(b"HTTP/1.1 400"), data
+    deadline = time.monotonic() + 5
+    while "400" not in gateway.logs():
+        assert time.monotonic() < deadline, gateway.logs()
+        time.sleep(0.05)

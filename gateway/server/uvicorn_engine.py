@@ -40,7 +40,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
-from typing import Any
+from typing import Any, NamedTuple
 
 import httptools
 import uvicorn
@@ -54,13 +54,22 @@ from gateway.server.drain import going_away, stop_accepting, wait_quiet
 log = logging.getLogger("quartgate")
 
 
-def _error_response(status: bytes, code: str, detail: str) -> bytes:
-    """A whole response with the gateway's JSON error body; the connection closes after it."""
+class Refusal(NamedTuple):
+    """An answer the engine gives itself, before the app: the gateway's JSON error body,
+    then the connection closes."""
+
+    status: int
+    code: str
+    response: bytes
+
+
+def _refusal(status: int, reason: str, code: str, detail: str) -> Refusal:
     body = error_body(code, detail, "")
-    return (
-        b"HTTP/1.1 %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n%b" % (status, len(body), body)
+    response = (
+        b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%b" % (status, reason.encode(), len(body), body)
     )
+    return Refusal(status, code, response)
 
 
 class Limits:
@@ -72,22 +81,24 @@ class Limits:
         self.head_limit = int(config.h11_max_incomplete_size)
         self.max_requests = int(config.keep_alive_max_requests)
         self.draining = False
-        self.head_too_large = _error_response(
-            b"431 Request Header Fields Too Large", "headers_too_large", "request head too large"
+        self.head_too_large = _refusal(
+            431, "Request Header Fields Too Large", "headers_too_large", "request head too large"
         )
-        self.head_timed_out = _error_response(
-            b"408 Request Timeout",
+        self.head_timed_out = _refusal(
+            408,
+            "Request Timeout",
             "request_header_timeout",
             f"no complete request head within {header_timeout:g} s",
         )
-        self.unknown_method = _error_response(
-            b"501 Not Implemented", "method_not_implemented", "unknown request method"
+        self.unknown_method = _refusal(
+            501, "Not Implemented", "method_not_implemented", "unknown request method"
         )
-        self.too_large = _error_response(
-            b"413 Content Too Large", "payload_too_large", "request body too large"
+        self.too_large = _refusal(
+            413, "Content Too Large", "payload_too_large", "request body too large"
         )
-        self.bad_request = _error_response(
-            b"400 Bad Request",
+        self.bad_request = _refusal(
+            400,
+            "Bad Request",
             "bad_request",
             "malformed HTTP/1.1 request (refused by the HTTP parser)",
         )
@@ -106,8 +117,9 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
 
     Between requests the idle timer (``keep_alive_timeout``) runs until a head is
     complete, as Hypercorn's does; from a head's first byte the header timer
-    (``header_timeout``) runs too. While a request is in progress neither runs (the body
-    timeout is the gateway's own, ``[gateway] body_timeout``).
+    (``header_timeout``) runs too, pipelined heads included. While a request is in
+    progress the idle timer does not run (the body timeout is the gateway's own,
+    ``[gateway] body_timeout``).
     """
 
     config: GatewayConfig
@@ -117,6 +129,8 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         self._limits = self.config.limits
         self._requests = 0
         self._head_bytes = 0
+        self._in_head = False
+        self._refused: Refusal | None = None  # waits for the responses in flight
         self._idle_timer: asyncio.TimerHandle | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._await_head()
@@ -127,13 +141,6 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, with the head accounting and the parser's refusals told apart."""
-        waiting = self._idle_timer is not None  # between requests: this starts a head
-        if waiting:
-            self._head_bytes += len(data)
-            if self._head_timer is None and data and self._limits.header_timeout > 0:
-                self._head_timer = self.loop.call_later(
-                    self._limits.header_timeout, self._head_timed_out
-                )
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -149,15 +156,23 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             # any other Upgrade (h2c) is never honoured: served as plain HTTP/1.1.
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
-        if (
-            self._idle_timer is not None  # the head is still incomplete after this read
-            and self._head_bytes > self._limits.head_limit
-            and not self.transport.is_closing()
-        ):
-            self._refuse(self._limits.head_too_large)
+        if self._in_head and not self.transport.is_closing():  # incomplete after this read
+            self._head_bytes += len(data)
+            if self._head_bytes > self._limits.head_limit:
+                self._refuse(self._limits.head_too_large)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        if self._head_timer is None and self._limits.header_timeout > 0:
+            self._head_timer = self.loop.call_later(
+                self._limits.header_timeout, self._head_timed_out
+            )
 
     def on_headers_complete(self) -> None:
         self._stop_timers()
+        self._in_head = False
         before = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
@@ -168,8 +183,12 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and not self.pipeline:
-            self._await_head()
+        if self.transport.is_closing() or self.pipeline:
+            return
+        if self._refused is not None:  # the responses before the refused bytes went out
+            self._answer(self._refused)
+            return
+        self._await_head()
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(self._limits.bad_request)
@@ -179,8 +198,11 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         return self.cycle is not None and not self.cycle.response_complete
 
     def _await_head(self) -> None:
-        self._stop_timers()
-        self._head_bytes = 0
+        """Between requests: the idle timer (re)starts; a head already begun keeps its own."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if not self._in_head:
+            self._head_bytes = 0
         seconds = self._limits.idle_timeout if self._limits.idle_timeout > 0 else 365 * 86400.0
         self._idle_timer = self.loop.call_later(seconds, self._idle_timed_out)
 
@@ -199,18 +221,33 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if not self.busy():
-            log.info(
-                "client %s did not send a complete request head within %g s; closing",
-                self.client,
-                self._limits.header_timeout,
-            )
             self._refuse(self._limits.head_timed_out)
 
-    def _refuse(self, response: bytes) -> None:
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer ``refusal`` and close, once every request before it has its response.
+
+        Nothing after the refused bytes is read: a request smuggled behind them never runs.
+        """
         self._stop_timers()
-        if not self.transport.is_closing():
-            self.transport.write(response)
-            self.transport.close()
+        self._in_head = False
+        log.info(
+            "client %s: %d %s, answered by the server before the app",
+            self.client,
+            refusal.status,
+            refusal.code,
+        )
+        if self.transport.is_closing():
+            return
+        if self.busy() or self.pipeline:  # a response is in flight: the refusal goes after
+            self._refused = refusal
+            self.transport.pause_reading()
+            return
+        self._answer(refusal)
+
+    def _answer(self, refusal: Refusal) -> None:
+        self._stop_timers()
+        self.transport.write(refusal.response)
+        self.transport.close()
 
 
 class Server(uvicorn.Server):
