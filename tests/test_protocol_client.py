@@ -134,8 +134,6 @@ def test_an_ambiguous_request_is_refused_the_connection_closed_and_nothing_forwa
     assert response.header("content-type") == "application/json"
     assert upstream.received() == b""
     # Bad input leaves a line in the error log (there is no access log here).
-    if gateway.engine == "uvicorn":
-        pytest.xfail("uvicorn engine: its parser's refusals are not logged yet")
     wait_until(lambda: "400" in gateway.logs() or "501" in gateway.logs(), what="a log line")
 
 
@@ -384,14 +382,14 @@ def test_garbage_after_a_request_never_costs_that_request_its_response(
     """The upstream runs the first request; its response must reach the client before
     the garbage after it is refused (or ignored) and the connection closed."""
     gateway, upstream = recorded
-    if gateway.engine == "uvicorn" and version == b"1.1":
-        pytest.xfail("uvicorn engine: a parser refusal replaces the in-flight response")
     data, closed = exchange(
         gateway.port, b"GET /first HTTP/%b\r\nhost: gw\r\n\r\n%b" % (version, tail)
     )
     assert data.startswith(b"HTTP/1.1 200 "), data[:200]
     assert b"GET /first HTTP/1.1" in data
-    assert closed
+    # An empty line before a request line may be ignored (RFC 9112 2.2): then an HTTP/1.1
+    # connection may stay open. Anything else ends it.
+    assert closed or (version == b"1.1" and tail == b"\r\n")
     assert [request_line(r) for r in upstream.requests] == [b"GET /first HTTP/1.1"]
 
 
