@@ -30,7 +30,7 @@ def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
     # engines, which never use the classes it wraps.
     protocol_guard.install(config.gateway.header_timeout)
     app = Quart("quartgate")
-    # Quart's defaults would cap a proxy silently (PITFALLS.md): the gateway sets its own.
+    # Quart's defaults would cap a proxy silently (docs/known-defects.md): the gateway sets its own.
     app.config.update(
         MAX_CONTENT_LENGTH=None,
         BODY_TIMEOUT=None,

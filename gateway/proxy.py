@@ -1,7 +1,7 @@
 """The hot path: an ASGI layer in front of Quart that forwards matched routes to upstreams.
 
 Why a raw ASGI layer: a Quart handler costs a Request object, a context and a Response
-object per request; measured on one core that halves throughput (BASELINES.md). Requests
+object per request; measured on one core that halves throughput (docs/baselines.md). Requests
 for in-process blueprint upstreams, and the lifespan, still go to Quart untouched.
 
 The walk per request: one pass over the headers, one route match, build the upstream
