@@ -54,6 +54,11 @@ from gateway.server.drain import going_away, stop_accepting, wait_quiet
 log = logging.getLogger("quartgate")
 
 
+#: How often each worker checks its connections' idle and header timeouts (seconds): a
+#: timeout fires up to this much late.
+SWEEP = 0.25
+
+
 class Refusal(NamedTuple):
     """An answer the engine gives itself, before the app: the gateway's JSON error body,
     then the connection closes."""
@@ -115,11 +120,13 @@ class GatewayConfig(uvicorn.Config):
 class GatewayHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the timeouts, the head cap and the request cap.
 
-    Between requests the idle timer (``keep_alive_timeout``) runs until a head is
-    complete, as Hypercorn's does; from a head's first byte the header timer
-    (``header_timeout``) runs too, pipelined heads included. While a request is in
-    progress the idle timer does not run (the body timeout is the gateway's own,
-    ``[gateway] body_timeout``).
+    A connection is idle from its opening or its last response until a request head is
+    complete (Hypercorn's idle timer runs as long): past ``keep_alive_timeout`` it is
+    closed. From a head's first byte, pipelined heads included, ``header_timeout`` runs
+    too: past it, 408. While a request is in progress neither applies (the body timeout is
+    the gateway's own, ``[gateway] body_timeout``). Both are checked by one sweep of the
+    worker's connections every :data:`SWEEP` seconds, not by timers set per request: a
+    request only notes two times (two timers per request cost 10 µs, 7% of its CPU).
     """
 
     config: GatewayConfig
@@ -129,15 +136,10 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         self._limits = self.config.limits
         self._requests = 0
         self._head_bytes = 0
-        self._in_head = False
         self._refused: Refusal | None = None  # waits for the responses in flight
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._await_head()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_timers()
-        super().connection_lost(exc)
+        #: loop.time() when the connection went idle / a head began; None when not.
+        self._idle_since: float | None = self.loop.time()
+        self._head_since: float | None = None
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, with the head accounting and the parser's refusals told apart."""
@@ -156,23 +158,18 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             # any other Upgrade (h2c) is never honoured: served as plain HTTP/1.1.
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
-        if self._in_head and not self.transport.is_closing():  # incomplete after this read
-            self._head_bytes += len(data)
+        if self._head_since is not None and not self.transport.is_closing():
+            self._head_bytes += len(data)  # the head is still incomplete after this read
             if self._head_bytes > self._limits.head_limit:
                 self._refuse(self._limits.head_too_large)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head = True
+        self._head_since = self.loop.time()
         self._head_bytes = 0
-        if self._head_timer is None and self._limits.header_timeout > 0:
-            self._head_timer = self.loop.call_later(
-                self._limits.header_timeout, self._head_timed_out
-            )
 
     def on_headers_complete(self) -> None:
-        self._stop_timers()
-        self._in_head = False
+        self._head_since = self._idle_since = None
         before = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
@@ -188,7 +185,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         if self._refused is not None:  # the responses before the refused bytes went out
             self._answer(self._refused)
             return
-        self._await_head()
+        self._idle_since = self.loop.time()
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(self._limits.bad_request)
@@ -197,39 +194,23 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         """A request in progress: its head is complete and its response is not."""
         return self.cycle is not None and not self.cycle.response_complete
 
-    def _await_head(self) -> None:
-        """Between requests: the idle timer (re)starts; a head already begun keeps its own."""
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        if not self._in_head:
-            self._head_bytes = 0
-        seconds = self._limits.idle_timeout if self._limits.idle_timeout > 0 else 365 * 86400.0
-        self._idle_timer = self.loop.call_later(seconds, self._idle_timed_out)
-
-    def _stop_timers(self) -> None:
-        for timer in (self._idle_timer, self._head_timer):
-            if timer is not None:
-                timer.cancel()
-        self._idle_timer = self._head_timer = None
-
-    def _idle_timed_out(self) -> None:
-        self._idle_timer = None
-        if not self.busy():
-            self._stop_timers()
+    def sweep(self, now: float) -> None:
+        """Close this connection if it has been idle, or sending a head, for too long."""
+        if self.transport.is_closing() or self.busy():
+            return
+        limits = self._limits
+        head, idle = self._head_since, self._idle_since
+        if head is not None and limits.header_timeout and now - head >= limits.header_timeout:
+            self._refuse(limits.head_timed_out)
+        elif idle is not None and limits.idle_timeout and now - idle >= limits.idle_timeout:
             self.transport.close()
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if not self.busy():
-            self._refuse(self._limits.head_timed_out)
 
     def _refuse(self, refusal: Refusal) -> None:
         """Answer ``refusal`` and close, once every request before it has its response.
 
         Nothing after the refused bytes is read: a request smuggled behind them never runs.
         """
-        self._stop_timers()
-        self._in_head = False
+        self._head_since = self._idle_since = None
         log.info(
             "client %s: %d %s, answered by the server before the app",
             self.client,
@@ -245,7 +226,6 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         self._answer(refusal)
 
     def _answer(self, refusal: Refusal) -> None:
-        self._stop_timers()
         self.transport.write(refusal.response)
         self.transport.close()
 
@@ -338,13 +318,22 @@ async def _serve(
             ready.set()
 
         app.before_serving(signal_ready)
-    watcher = asyncio.create_task(drained())
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(SWEEP)
+            now = loop.time()
+            for connection in _connections(server):
+                connection.sweep(now)
+
+    tasks = [asyncio.create_task(drained()), asyncio.create_task(sweep())]
     try:
         await server.serve(sockets=listeners)
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _connections(server: Server) -> list[GatewayHttpToolsProtocol]:
