@@ -91,8 +91,6 @@ def upstream_sessions_settle(upstream: WebSocketUpstream, opened: int, timeout: 
 async def test_a_handshake_with_a_body_is_refused_and_no_upstream_session_opens(
     gateway: GatewayProcess, upstream: WebSocketUpstream, body: bytes
 ) -> None:
-    if gateway.engine == "uvicorn":
-        pytest.xfail("uvicorn engine: a handshake with a body is never answered (pending fix)")
     opened = upstream.connections
     response = await send_raw(gateway.port, HANDSHAKE + body, timeout=10.0)
     status, _, _ = head_and_body(response)

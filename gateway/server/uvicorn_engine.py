@@ -170,6 +170,13 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_since = self._idle_since = None
+        if self.parser.should_upgrade() and any(
+            name in (b"content-length", b"transfer-encoding") for name, _ in self.headers
+        ):
+            # A WebSocket handshake with a body: llhttp waits on it and uvicorn never answers.
+            # Bytes before a 101 are read as frames by one hop and as a body by another.
+            self._refuse(self._limits.bad_request)
+            return
         before = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
