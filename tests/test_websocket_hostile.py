@@ -145,3 +145,34 @@ async def test_a_handshake_that_is_not_a_get_is_refused(gateway: GatewayProcess)
     status, _, body = head_and_body(await send_raw(gateway.port, post))
     assert status in (400, 405), body
     assert b"does not proxy WebSocket" not in body
+
+
+async def test_a_ping_flood_from_a_client_that_never_reads_stays_bounded(
+    gateway: GatewayProcess,
+) -> None:
+    """Each ping earns a pong; a client that never reads them must be stopped (reading
+    paused), not buffered for: at most ~60 MB of pings go out within 10 s, and the gateway
+    grows by far less than what it was sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(HANDSHAKE + b"\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    before = gateway.rss_kib()
+    ping = b"\x89\xfd\x00\x00\x00\x00" + b"p" * 125  # a masked ping, 125-byte payload
+    batch = ping * 800  # ~105 KB
+    sent = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+    try:
+        while sent < 60_000_000 and loop.time() < deadline:
+            writer.write(batch)
+            async with asyncio.timeout(max(0.1, deadline - loop.time())):
+                await writer.drain()  # blocks once the gateway stops reading
+            sent += len(batch)
+    except TimeoutError:
+        pass
+    grown = gateway.rss_kib() - before
+    writer.transport.abort()
+    assert grown < 20 * 1024, f"grew {grown} KiB after {sent} bytes of pings"
+    async with client(f"ws://127.0.0.1:{gateway.port}/ws/echo") as ws:  # still serving
+        await ws.send("after")
+        assert await ws.recv() == "after"
