@@ -1,8 +1,8 @@
 """CI smoke run: Locust headless for 10 s through a real gateway to the bundled mock upstream.
 
 Locust runs as a subprocess: importing it here would monkey-patch this process's sockets
-with gevent (docs/known-defects.md). The run fails on any failed request; a second, short run against
-an upstream that is down proves that the scenarios do count errors as failures.
+with gevent (docs/known-defects.md). The run fails on any failed request; a second, short
+run against an upstream that is down proves that the scenarios do count errors as failures.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Quart's defaults would cap in-process upstreams silently (docs/known-defects.md); the gateway lifts them.
+"""Quart's defaults would cap in-process upstreams silently (docs/known-defects.md); the
+gateway lifts them.
 
 Driven at the ASGI level in-process: a blueprint that streams for longer than a response
 timeout. The control (a short RESPONSE_TIMEOUT put back) shows the harness does see a cut.
