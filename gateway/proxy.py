@@ -264,6 +264,10 @@ class Proxy:
         first = message.get("body", b"")
         body: bytes | AsyncIterator[bytes]
         if not message.get("more_body", False):
+            if max_body and len(first) > max_body:  # a chunked body that arrived whole
+                raise GatewayError(
+                    413, "payload_too_large", f"request body exceeds {max_body} bytes"
+                )
             body = first
             ctx.bytes_in = len(first)
             length: int | None = ctx.bytes_in

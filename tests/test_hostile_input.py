@@ -133,15 +133,10 @@ def test_huge_content_length_is_413_without_reading(gateway: GatewayProcess) -> 
 
 
 def test_chunked_body_over_limit_is_413_while_streaming(
-    gateway: GatewayProcess, upstream: UpstreamServer, request: pytest.FixtureRequest
+    gateway: GatewayProcess, upstream: UpstreamServer
 ) -> None:
-    if gateway.engine == "uvicorn":
-        # uvicorn hands the app a body that arrived whole as one message (more_body false);
-        # gateway/proxy.py forwards such a body without comparing it to max_body_size.
-        # strict: this fails the day proxy.py checks it, so the marker cannot outlive the bug.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="proxy.py: one-message body not size-checked")
-        )
+    # uvicorn hands the app a chunked body that arrived whole as one message (more_body
+    # false): that message is compared to max_body_size too.
     chunk = b"x" * 400
     pieces = [
         b"POST /public/chunky HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n"
