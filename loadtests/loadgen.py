@@ -1,6 +1,6 @@
 """Load generators for the benchmark: wrk when installed, Locust headless otherwise.
 
-Both are subprocesses (Locust monkey-patches the standard library on import: PITFALLS.md),
+Both are subprocesses (Locust monkey-patches the standard library on import: docs/known-defects.md),
 pinned to their own CPU, bounded in time, and read back into one :class:`Result`.
 """
 
