@@ -18,8 +18,8 @@ import h2.connection
 import h2.events
 import pytest
 
-from tests.support.edge import NGINX, RawResponse, closed_within, parse_response
-from tests.support.gateway import GatewayProcess, free_port, serving
+from tests.support.edge import RawResponse, closed_within, nginx_in_front, parse_response
+from tests.support.gateway import GatewayProcess
 from tests.support.observability import wait_until
 from tests.support.scripted import ScriptedUpstream, header, ok, raw_connection, request_line
 
@@ -299,34 +299,6 @@ def _read_response(sock: socket.socket) -> RawResponse:
     return parse_response(head + b"\r\n\r\n" + body)
 
 
-NGINX_WEBSOCKET_CONF = """
-worker_processes 1;
-pid {folder}/nginx.pid;
-error_log {folder}/error.log warn;
-daemon off;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {folder}/body;
-    proxy_temp_path {folder}/proxy;
-    fastcgi_temp_path {folder}/fastcgi;
-    uwsgi_temp_path {folder}/uwsgi;
-    scgi_temp_path {folder}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location /internal {{ return 403; }}
-        location / {{
-            proxy_pass http://127.0.0.1:{upstream_port};
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_set_header Host $host;
-        }}
-    }}
-}}
-"""
-
-
 @pytest.mark.parametrize("engine", ["hypercorn"])
 def test_h2c_upgrade_through_a_websocket_ready_nginx_opens_no_tunnel(
     recorded: tuple[GatewayProcess, ScriptedUpstream], tmp_path: Path
@@ -334,15 +306,18 @@ def test_h2c_upgrade_through_a_websocket_ready_nginx_opens_no_tunnel(
     """The attack: nginx forwards Upgrade for WebSockets; a 101 from the gateway would make
     nginx a blind tunnel, and an HTTP/2 stream for /internal (403 at nginx) would pass."""
     gateway, upstream = recorded
-    folder = tmp_path / "nginx"
-    folder.mkdir()
-    port = free_port()
-    conf = folder / "nginx.conf"
-    conf.write_text(
-        NGINX_WEBSOCKET_CONF.format(folder=folder, port=port, upstream_port=gateway.port)
+    websocket_ready = (
+        'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";'
     )
-    args = [NGINX, "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")]
-    with serving(args, port, folder / "nginx.out"), raw_connection(port) as sock:
+    with (
+        nginx_in_front(
+            tmp_path / "nginx",
+            gateway.port,
+            server_extra="location /internal { return 403; }",
+            location_extra=websocket_ready,
+        ) as port,
+        raw_connection(port) as sock,
+    ):
         sock.sendall(
             b"GET /public HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade, HTTP2-Settings\r\n"
             b"upgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"

@@ -150,9 +150,11 @@ http {{
     scgi_temp_path {folder}/scgi;
     server {{
         listen 127.0.0.1:{port};
+        {server_extra}
         location / {{
             proxy_pass http://127.0.0.1:{upstream_port};
             proxy_http_version 1.1;
+            {location_extra}
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto https;
@@ -164,12 +166,26 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx_in_front(folder: Path, upstream_port: int) -> Iterator[int]:
-    """A real nginx on a free port proxying to ``upstream_port``; yields its port."""
+def nginx_in_front(
+    folder: Path, upstream_port: int, server_extra: str = "", location_extra: str = ""
+) -> Iterator[int]:
+    """A real nginx on a free port proxying to ``upstream_port``; yields its port.
+
+    ``server_extra`` and ``location_extra`` are nginx directives added to the server block
+    and to its ``location /`` (e.g. the WebSocket ``Upgrade`` forwarding).
+    """
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(folder=folder, port=port, upstream_port=upstream_port))
+    conf.write_text(
+        NGINX_CONF.format(
+            folder=folder,
+            port=port,
+            upstream_port=upstream_port,
+            server_extra=server_extra,
+            location_extra=location_extra,
+        )
+    )
     args = [NGINX, "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")]
     with serving(args, port, folder / "nginx.out"):
         yield port
