@@ -42,6 +42,16 @@ REQUEST_DROP: Final = HOP_BY_HOP | {
 RESPONSE_DROP: Final = HOP_BY_HOP | {b"date", b"server"}
 
 
+def match_host(host: bytes) -> str:
+    """Lower-case host without port, for route matching."""
+    if not host:
+        return ""
+    text = host.decode("latin-1").lower()
+    if text.startswith("["):
+        return text[: text.find("]") + 1]
+    return text.partition(":")[0]
+
+
 def connection_tokens(value: bytes) -> frozenset[bytes]:
     """Header names listed in a Connection header, which are hop-by-hop too."""
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())

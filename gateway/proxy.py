@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import re
 from collections.abc import AsyncIterator
 from time import perf_counter
 
@@ -30,7 +28,7 @@ from gateway.errors import (
     send_error,
 )
 from gateway.forwarding import FORWARD_DROP, resolve, untrusted_headers
-from gateway.headers import connection_tokens, filter_response_headers
+from gateway.headers import connection_tokens, filter_response_headers, match_host
 from gateway.inprocess import (
     InProcessApp,
     Lifespans,
@@ -39,6 +37,7 @@ from gateway.inprocess import (
     mount_point,
 )
 from gateway.normalize import needs_normalizing, normalize_scope
+from gateway.request_id import new_request_id, valid_request_id
 from gateway.state import GatewayState, RouteRuntime
 from gateway.tracing import next_hop
 from gateway.websocket.handshake import WebSocketProxy
@@ -100,8 +99,8 @@ class Proxy:
                 connection = value
             elif name == b"traceparent":
                 traceparent = value
-        if request_id is None or not _valid_request_id(request_id):
-            request_id = _new_request_id()
+        if request_id is None or not valid_request_id(request_id):
+            request_id = new_request_id()
         ctx = RequestContext(scope, request_id, host, perf_counter())
         runtime: RouteRuntime | None = None
         try:
@@ -138,7 +137,7 @@ class Proxy:
                 ctx.traceparent, keep_state = next_hop(traceparent, settings.traceparent)
                 if not keep_state:
                     scope["headers"] = [h for h in scope["headers"] if h[0] != b"tracestate"]
-            match = state.table.match(_hostname(host), scope["path"], scope["method"])
+            match = state.table.match(match_host(host), scope["path"], scope["method"])
             if match.kind is not MatchKind.FULL:
                 if match.kind is MatchKind.PARTIAL:
                     allow = ", ".join(sorted(match.allow)).encode("ascii")
@@ -572,26 +571,3 @@ def _timed(receive: Receive, timeout: float) -> Receive:
             ) from None
 
     return timed
-
-
-def _hostname(host: bytes) -> str:
-    """Lower-case host without port, for matching."""
-    if not host:
-        return ""
-    text = host.decode("latin-1").lower()
-    if text.startswith("["):
-        return text[: text.find("]") + 1]
-    return text.partition(":")[0]
-
-
-def _new_request_id() -> bytes:
-    """A random (version 4) UUID, as ``str(uuid.uuid4())`` gives, in a third of its time."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}".encode()
-
-
-def _valid_request_id(value: bytes) -> bool:
-    return _REQUEST_ID.fullmatch(value) is not None
-
-
-_REQUEST_ID = re.compile(rb"[!-~]{1,200}")

@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
-from gateway.proxy import _new_request_id
+from gateway.request_id import new_request_id
 from loadtests.servers import closing_sockets
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
@@ -97,7 +97,7 @@ def test_a_hostile_header_line_is_rejected_without_backtracking(
 
 
 def test_generated_request_ids_are_version_4_uuids() -> None:
-    ids = {_new_request_id() for _ in range(2000)}
+    ids = {new_request_id() for _ in range(2000)}
     assert len(ids) == 2000
     for value in ids:
         parsed = uuid.UUID(value.decode("ascii"))

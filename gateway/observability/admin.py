@@ -25,14 +25,40 @@ import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.asgi_types import ASGIApp, Receive, Scope, Send
 from gateway.config import ConfigError
 from gateway.observability.targets import matches, target_views
 
 if TYPE_CHECKING:
-    from gateway.observability.runtime import Observability
+    from gateway.config import GatewayConfig
+    from gateway.observability.control import Control
+    from gateway.observability.metrics import GatewayMetrics
+    from gateway.observability.settings import ObservabilitySettings
+    from gateway.state import GatewayState
+
+
+class Observability(Protocol):
+    """What the admin API reads and asks of an app's observability
+    (:class:`gateway.observability.runtime.Observability` is it; a protocol here, so the
+    two modules do not import each other)."""
+
+    settings: ObservabilitySettings
+    control: Control
+    metrics: GatewayMetrics | None
+
+    @property
+    def state(self) -> GatewayState: ...
+
+    def sync(self) -> None: ...
+
+    def readiness(self) -> tuple[bool, list[str]]: ...
+
+    def describe_config(self) -> dict[str, Any]: ...
+
+    async def request_reload(self) -> tuple[GatewayConfig, str]: ...
+
 
 Handler = Callable[[list[str]], Awaitable[tuple[int, Any]]]
 JSON = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]

@@ -188,7 +188,7 @@ class GatewayMetrics:
         self.sessions = SessionMetrics(registry)
         if registry is not None:
             ProcessCollector(registry=registry)
-        from gateway import __version__
+        from gateway.version import __version__
 
         self.build_info.labels(
             __version__, platform.python_version(), platform.python_implementation()

@@ -20,9 +20,10 @@ from gateway.context import RequestContext
 from gateway.edge_checks import CTL_IN_VALUE, check_target
 from gateway.errors import GatewayError, Reply, error_body
 from gateway.forwarding import FORWARD_DROP, resolve, untrusted_headers
-from gateway.headers import connection_tokens
+from gateway.headers import connection_tokens, match_host
 from gateway.normalize import needs_normalizing, normalize_scope
 from gateway.policies.cors import CorsPolicy
+from gateway.request_id import new_request_id, valid_request_id
 from gateway.tracing import next_hop
 from gateway.websocket.connect import Refused, accept_headers
 from gateway.websocket.relay import Session
@@ -52,12 +53,7 @@ class WebSocketProxy:
     """Handshakes of every snapshot, and the worker's open :class:`Sessions`."""
 
     def __init__(self) -> None:
-        from gateway import proxy  # the hot path's own helpers, one definition of each
-
         self.sessions = Sessions()
-        self._hostname = proxy._hostname
-        self._new_request_id = proxy._new_request_id
-        self._valid_request_id = proxy._valid_request_id
 
     async def __call__(
         self,
@@ -94,8 +90,8 @@ class WebSocketProxy:
                 connection = value
             elif name in (b"content-length", b"transfer-encoding"):
                 has_body = True
-        if request_id is None or not self._valid_request_id(request_id):
-            request_id = self._new_request_id()
+        if request_id is None or not valid_request_id(request_id):
+            request_id = new_request_id()
         # Policies and observers read an HTTP-like scope: the handshake is a GET.
         view = dict(scope)
         view["method"] = "GET"
@@ -128,7 +124,7 @@ class WebSocketProxy:
                 ctx.traceparent, keep_state = next_hop(traceparent, settings.traceparent)
                 if not keep_state:
                     view["headers"] = [h for h in view["headers"] if h[0] != b"tracestate"]
-            match = state.table.match(self._hostname(host), view["path"], "GET")
+            match = state.table.match(match_host(host), view["path"], "GET")
             if match.kind is not MatchKind.FULL or match.route is None:
                 if match.kind is MatchKind.PARTIAL:
                     raise GatewayError(405, "method_not_allowed", "GET is not allowed here")
