@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 from loadtests.loadgen import WRK, Result, wrk
 from loadtests.servers import ROOT, Service, free_port
+from loadtests.summarize import loadavg, median_range
 
 APPS = "tests.support.inprocess_apps"
 
@@ -40,15 +40,6 @@ def gateway(workdir: Path, name: str, upstream: str, engine: str) -> Service:
         "--bind", f"127.0.0.1:{port}", "--workers", "1", "--engine", engine,
     ]  # fmt: skip
     return Service(name, args, port, workdir, env=dict(os.environ))
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def spread(values: list[float], digits: int = 0) -> str:
-    fmt = f",.{digits}f"
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, runs in results.items():
         errors = sum(r.errors for r in runs)
         print(
-            f"| {name} | {spread([r.rps for r in runs])} "
-            f"| {spread([r.p99_ms for r in runs], 1)} | {errors} |"
+            f"| {name} | {median_range([r.rps for r in runs])} "
+            f"| {median_range([r.p99_ms for r in runs], 1)} | {errors} |"
         )
     return 0
 

@@ -36,6 +36,17 @@ def read(path: Path) -> Run:
     return rows
 
 
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as the reports print them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def median_range(values: list[float], digits: int = 0) -> str:
+    """``median (min-max)``, the short form the WebSocket and in-process benches print."""
+    fmt = f",.{digits}f"
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
 def spread(values: list[float], fmt: str) -> str:
     """``median (min to max)``."""
     if not values:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.servers import ROOT, Service, free_port
+from loadtests.summarize import loadavg, median_range
 
 
 @dataclass(slots=True)
@@ -86,16 +86,6 @@ def serve_echo(port: int) -> None:
         uvloop.run(main())
     except ImportError:
         asyncio.run(main())
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def spread(values: list[float], digits: int = 0) -> str:
-    """``median (min-max)``."""
-    fmt = f",.{digits}f"
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     for name, runs in results.items():
         print(
-            f"| {name} | {spread([r.round_trips_per_s for r in runs])} "
-            f"| {spread([r.p50_ms for r in runs], 2)} | {spread([r.p99_ms for r in runs], 2)} |"
+            f"| {name} | {median_range([r.round_trips_per_s for r in runs])} "
+            f"| {median_range([r.p50_ms for r in runs], 2)} "
+            f"| {median_range([r.p99_ms for r in runs], 2)} |"
         )
     added = [
         g.p50_ms - d.p50_ms for g, d in zip(results["gateway"], results["direct"], strict=True)
     ]
-    print(f"added p50 latency through the gateway, per run pair: {spread(added, 2)} ms")
+    print(f"added p50 latency through the gateway, per run pair: {median_range(added, 2)} ms")
     return 0
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support.edge import closed_within
+from tests.support.edge import closed_within, read_response
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
 
@@ -81,18 +81,7 @@ def test_keep_alive_max_requests_closes_after_the_last(start: Start) -> None:
 
 def read_head(sock: socket.socket) -> bytes:
     """A response head; its (small) body is read and dropped."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head
+    return read_response(sock).partition(b"\r\n\r\n")[0]
 
 
 @pytest.mark.parametrize(

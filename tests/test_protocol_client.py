@@ -18,7 +18,13 @@ import h2.connection
 import h2.events
 import pytest
 
-from tests.support.edge import RawResponse, closed_within, nginx_in_front, parse_response
+from tests.support.edge import (
+    RawResponse,
+    closed_within,
+    nginx_in_front,
+    parse_response,
+    read_response,
+)
 from tests.support.gateway import GatewayProcess
 from tests.support.observability import wait_until
 from tests.support.scripted import ScriptedUpstream, header, ok, raw_connection, request_line
@@ -279,24 +285,8 @@ def _h2_statuses(
 
 
 def _read_response(sock: socket.socket) -> RawResponse:
-    """One response with a Content-Length body, read from a keep-alive socket."""
-    data = b""
     sock.settimeout(10)
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk
-        body += chunk
-    return parse_response(head + b"\r\n\r\n" + body)
+    return parse_response(read_response(sock))
 
 
 @pytest.mark.parametrize("engine", ["hypercorn"])

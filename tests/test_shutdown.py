@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from tests.support.edge import read_response
 from tests.support.faulty import FaultyUpstream
 from tests.support.gateway import GatewayProcess
 
@@ -119,19 +120,3 @@ async def test_sigterm_closes_idle_keep_alive_connections_at_once(
     for sock in idle:
         assert sock.recv(1) == b""  # closed by the gateway, no response on it
         sock.close()
-
-
-def read_response(sock: socket.socket) -> bytes:
-    """One whole response with a Content-Length, read off a keep-alive connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")[1:]
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head

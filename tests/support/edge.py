@@ -83,6 +83,26 @@ def _complete(data: bytes) -> bool:
     return False
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response with a Content-Length, read off a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")[1:]
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def closed_within(sock: socket.socket, seconds: float) -> bytes | None:
     """Read until the peer closes; the bytes read, or None if still open after ``seconds``."""
     sock.settimeout(seconds)
