@@ -15,6 +15,7 @@ import pytest
 from tests.support.edge import read_response
 from tests.support.faulty import FaultyUpstream
 from tests.support.gateway import GatewayProcess
+from tests.support.observability import wait_until
 
 CONFIG = """
 [upstreams.api]
@@ -104,19 +105,24 @@ async def test_sigterm_closes_idle_keep_alive_connections_at_once(
     """A proxy in front (nginx, a load balancer) holds idle keep-alive connections: they
     are closed at once on SIGTERM, not after the drain's LINGER (2 s; 3.9 s was seen)."""
     gateway = make_gateway(CONFIG.format(url=upstream.url), workers=workers, engine=engine)
+    # Every worker serving, not only the first: the port answers as soon as one does.
+    wait_until(lambda: gateway.logs().count("Running on") >= workers, what="all workers up")
     idle: list[socket.socket] = []
-    for _ in range(16):
-        sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
-        sock.sendall(b"GET /api/x HTTP/1.1\r\nhost: gw\r\n\r\n")
-        assert read_response(sock).startswith(b"HTTP/1.1 200")  # then left open, idle
-        idle.append(sock)
-    await asyncio.sleep(0.3)  # idle for longer than the drain's QUIET
-    started = time.monotonic()
-    gateway.signal(signal.SIGTERM)
-    code = await asyncio.to_thread(gateway.process.wait, 20)  # type: ignore[union-attr]
-    took = time.monotonic() - started
-    assert code == 0, gateway.logs()
-    assert took < 1.0, f"exit took {took:.2f} s"
-    for sock in idle:
-        assert sock.recv(1) == b""  # closed by the gateway, no response on it
-        sock.close()
+    try:
+        for _ in range(16):
+            sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+            idle.append(sock)
+            sock.sendall(b"GET /api/x HTTP/1.1\r\nhost: gw\r\n\r\n")
+            assert read_response(sock).startswith(b"HTTP/1.1 200")  # then left open, idle
+        await asyncio.sleep(0.3)  # idle for longer than the drain's QUIET
+        started = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(gateway.process.wait, 20)  # type: ignore[union-attr]
+        took = time.monotonic() - started
+        assert code == 0, gateway.logs()
+        assert took < 1.0, f"exit took {took:.2f} s"
+        for sock in idle:
+            assert sock.recv(1) == b""  # closed by the gateway, no response on it
+    finally:
+        for sock in idle:
+            sock.close()

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from multiprocessing.connection import wait
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -132,6 +133,18 @@ def run_worker(
     return 0
 
 
+def _terminate(process: Any) -> None:
+    if process.is_alive() and process.pid is not None:
+        os.kill(process.pid, signal.SIGTERM)
+
+
+def _terminate_when_ready(process: Any, ready: Event, timeout: float = 60.0) -> None:
+    """SIGTERM a starting worker once it serves (or at once if it never gets there)."""
+    while process.is_alive() and not ready.wait(0.1) and timeout > 0:
+        timeout -= 0.1
+    _terminate(process)
+
+
 def _worker_main(engine: str, config: Config, sockets: Sockets, ready: Event) -> None:
     """Entry point of a spawned worker process."""
     sys.exit(run_worker(engine, config, sockets, ready))
@@ -200,9 +213,15 @@ class _Supervisor:
         if self.stopping:
             return
         self.stopping = True
-        for process, _ready in self.workers:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)
+        for process, ready in self.workers:
+            if ready.is_set():
+                _terminate(process)
+            else:
+                # Still starting: SIGTERM before its handler is installed would kill it
+                # outright (exit -15). It is stopped as soon as it is serving instead.
+                threading.Thread(
+                    target=_terminate_when_ready, args=(process, ready), daemon=True
+                ).start()
         self._close_sockets()  # with the workers' copies closed, new connections are refused
 
     def _reload(self, *_: Any) -> None:
