@@ -9,11 +9,11 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.asgi_types import ASGIApp
 from gateway.config import GatewayConfig
-from gateway.errors import error_body
+from gateway.edge.errors import error_body
 from gateway.inprocess import BLUEPRINT, load_app
 from gateway.observability.runtime import Observability
+from gateway.ops.reload import HotReload
 from gateway.proxy import Proxy
-from gateway.reload import HotReload
 from gateway.server import protocol_guard
 from gateway.state import APP_MOUNT, build_state
 from gateway.websocket import hypercorn_close

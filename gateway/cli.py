@@ -125,7 +125,7 @@ def route_table(config: GatewayConfig) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.observability.serving import add_admin_bind, shared_runtime
-    from gateway.server.settings import load_server_config
+    from gateway.server.hypercorn_toml import load_server_config
     from gateway.server.supervisor import missing_packages, serve
 
     config_path = Path(args.config).resolve()

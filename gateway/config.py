@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from gateway.normalize import ESCAPED_SLASH_ACTIONS as SLASH_ACTIONS
+from gateway.edge.normalize import ESCAPED_SLASH_ACTIONS as SLASH_ACTIONS
+from gateway.edge.traceparent import TRACE_MODES
 from gateway.observability.settings import ObservabilitySettings, parse_observability
 from gateway.policies.pipeline import check_routes, parse_route_policies
 from gateway.policies.settings import EdgeSettings, parse_edge
 from gateway.resilience_config import parse_route_resilience, parse_upstream_resilience
-from gateway.tracing import TRACE_MODES
 from gateway.websocket.settings import parse_websocket
 from routes.model import ALL_METHODS, RouteSpec, validate_path
-from upstreams.settings import TargetSpec, UpstreamSpec
+from upstreams.spec import TargetSpec, UpstreamSpec
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -62,7 +62,8 @@ class GatewaySettings:
     #: Escaped slashes (%2F, %5C) in paths: "keep" (match as separators, forward as sent)
     #: or "reject" (400). docs/hardening.md.
     escaped_slashes: str = "keep"
-    #: W3C traceparent: "propagate", "start" (also begin traces) or "off" (gateway/tracing.py).
+    #: W3C traceparent: "propagate", "start" (also begin traces) or "off"
+    #: (gateway/edge/traceparent.py).
     traceparent: str = "propagate"
     #: More request header lines than this is answered 431 (Envoy's default is 100).
     max_header_count: int = 100

@@ -29,7 +29,7 @@ from quart import Blueprint
 
 from gateway.asgi_types import ASGIApp, Message, Receive
 from gateway.config import AppUpstreamSpec, ConfigError, Problem
-from gateway.context import RequestContext
+from gateway.edge.context import RequestContext
 
 log = logging.getLogger("quartgate")
 

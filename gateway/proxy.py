@@ -17,18 +17,21 @@ from collections.abc import AsyncIterator
 from time import perf_counter
 
 from gateway.asgi_types import ASGIApp, Message, Receive, Scope, Send
-from gateway.context import RequestContext
-from gateway.edge_checks import CTL_IN_VALUE as ctl_in_value
-from gateway.edge_checks import bad_request, check_framing, check_target, check_upgrade
-from gateway.errors import (
+from gateway.edge.checks import CTL_IN_VALUE as ctl_in_value
+from gateway.edge.checks import bad_request, check_framing, check_target, check_upgrade
+from gateway.edge.context import RequestContext
+from gateway.edge.errors import (
     ClientDisconnected,
     GatewayError,
     Reply,
     from_upstream,
     send_error,
 )
-from gateway.forwarding import FORWARD_DROP, resolve, untrusted_headers
-from gateway.headers import connection_tokens, filter_response_headers, match_host
+from gateway.edge.forwarding import FORWARD_DROP, resolve, untrusted_headers
+from gateway.edge.headers import connection_tokens, filter_response_headers, match_host
+from gateway.edge.normalize import needs_normalizing, normalize_scope
+from gateway.edge.request_id import new_request_id, valid_request_id
+from gateway.edge.traceparent import next_hop
 from gateway.inprocess import (
     InProcessApp,
     Lifespans,
@@ -36,10 +39,7 @@ from gateway.inprocess import (
     limited_receive,
     mount_point,
 )
-from gateway.normalize import needs_normalizing, normalize_scope
-from gateway.request_id import new_request_id, valid_request_id
 from gateway.state import GatewayState, RouteRuntime
-from gateway.tracing import next_hop
 from gateway.websocket.handshake import WebSocketProxy
 from routes.matching import MatchKind
 from routes.model import ALL_METHODS
@@ -237,7 +237,7 @@ class Proxy:
         request_id_header = state.request_id_header
         headers = [(n, v) for n, v in scope["headers"] if n not in drop and n != request_id_header]
         headers.append((request_id_header, request_id))
-        # Believed from a trusted proxy (gateway/forwarding.py), else what the gateway saw.
+        # Believed from a trusted proxy (gateway/edge/forwarding.py), else what the gateway saw.
         headers += ctx.forwarding or untrusted_headers(ctx.client_ip, scope["scheme"], host)
         if ctx.traceparent is not None:
             headers.append((b"traceparent", ctx.traceparent))

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import GatewayConfig
-from gateway.context import Observer, Policy
-from gateway.headers import TrustedProxies
+from gateway.edge.context import Observer, Policy
+from gateway.edge.headers import TrustedProxies
 from gateway.policies.pipeline import Resources, build_policies
 from gateway.websocket.connect import Connector
 from gateway.websocket.settings import WebSocketSettings

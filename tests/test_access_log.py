@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.context import RequestContext
+from gateway.edge.context import RequestContext
 from gateway.observability.access_log import AccessLog, format_text
 from gateway.observability.settings import AccessLogSettings
 from tests.support.gateway import GatewayProcess

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.config import ENGINES as CONFIG_ENGINES
 from gateway.server import hypercorn_patches, supervisor
-from gateway.server.settings import load_server_config
+from gateway.server.hypercorn_toml import load_server_config
 from gateway.server.supervisor import ENGINE_MODULES
 from tests.support.gateway import ENGINES, ROOT, GatewayProcess, free_port, serving
 from tests.support.upstream import UpstreamServer

@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
-from gateway.request_id import new_request_id
+from gateway.edge.request_id import new_request_id
 from loadtests.servers import closing_sockets
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.config import parse_config
-from gateway.context import RequestContext
+from gateway.edge.context import RequestContext
 from gateway.observability.metrics import GatewayMetrics, MetricsObserver
 from gateway.observability.runtime import Observability
 from gateway.observability.settings import MetricsSettings

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from gateway.context import RequestContext
+from gateway.edge.context import RequestContext
 from gateway.observability.metrics import GatewayMetrics, MetricsObserver
 from gateway.observability.settings import MetricsSettings
 from tests.support.gateway import ROOT, GatewayProcess

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import GatewayError
-from gateway.forwarding import parse_forwarded, resolve, untrusted_headers
-from gateway.headers import TrustedProxies
-from gateway.normalize import normalize_path, split_absolute
-from gateway.tracing import next_hop
+from gateway.edge.errors import GatewayError
+from gateway.edge.forwarding import parse_forwarded, resolve, untrusted_headers
+from gateway.edge.headers import TrustedProxies
+from gateway.edge.normalize import normalize_path, split_absolute
+from gateway.edge.traceparent import next_hop
 from routes.matching import MatchKind, RouteTable
 from routes.model import RouteSpec
 

@@ -13,7 +13,7 @@ from gateway.config import ConfigError, parse_config
 from upstreams.balancer import Balancer, hash_bytes, make_balancer
 from upstreams.breaker import CLOSED, HALF_OPEN, OPEN, BreakerSpec
 from upstreams.retry import RetryBudget, RetrySpec, backoff
-from upstreams.settings import TargetSpec
+from upstreams.spec import TargetSpec
 from upstreams.target import Target
 
 

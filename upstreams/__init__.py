@@ -1,4 +1,4 @@
-"""How a request reaches an upstream: pools, balancing, and (later) health, breaking, retries.
+"""How a request reaches an upstream: pools, balancing, health, breaking, retries.
 
 The seam the gateway sees is :class:`upstreams.upstream.Upstream.send`: it takes an
 :class:`UpstreamRequest` and returns an :class:`UpstreamResponse` (status, headers, body
@@ -15,7 +15,7 @@ from upstreams.errors import (
     UpstreamTimeout,
 )
 from upstreams.messages import UpstreamRequest, UpstreamResponse
-from upstreams.settings import TargetSpec, UpstreamSpec
+from upstreams.spec import TargetSpec, UpstreamSpec
 from upstreams.upstream import Upstream
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The ways sending to an upstream can fail.
 
 They carry no HTTP status: mapping a failure to a status is the gateway's decision
-(``gateway/errors.py``), made in one place.
+(``gateway/edge/errors.py``), made in one place.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from upstreams.errors import (
     UpstreamTimeout,
 )
 from upstreams.messages import UpstreamRequest, UpstreamResponse
-from upstreams.settings import TargetSpec, UpstreamSpec
+from upstreams.spec import TargetSpec, UpstreamSpec
 
 
 class H2Sender:

@@ -26,7 +26,7 @@ from upstreams.h1.connection import H1Connection
 from upstreams.h1.framing import LAST_CHUNK, chunk, request_head
 from upstreams.messages import UpstreamRequest, UpstreamResponse
 from upstreams.sender import PoolStats
-from upstreams.settings import TargetSpec, UpstreamSpec
+from upstreams.spec import TargetSpec, UpstreamSpec
 
 _NO_BODY_METHODS = frozenset({b"HEAD"})
 #: RFC 9110 9.2.2: a repeat has the effect of one request.

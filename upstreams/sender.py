@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from upstreams.messages import UpstreamRequest, UpstreamResponse
-from upstreams.settings import TargetSpec
+from upstreams.spec import TargetSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from upstreams.breaker import CLOSED, Breaker, BreakerSpec
 
 if TYPE_CHECKING:
     from upstreams.sender import PoolStats, Sender
-    from upstreams.settings import TargetSpec
+    from upstreams.spec import TargetSpec
 
 
 class Target:

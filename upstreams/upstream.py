@@ -26,7 +26,7 @@ from upstreams.messages import UpstreamRequest, UpstreamResponse
 from upstreams.pool import ConnectionPool
 from upstreams.retry import CONNECT_ONLY, RetryPolicy, backoff, condition
 from upstreams.sender import Sender
-from upstreams.settings import UpstreamSpec
+from upstreams.spec import UpstreamSpec
 from upstreams.target import Target
 
 log = logging.getLogger("quartgate.upstreams")

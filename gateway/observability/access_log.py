@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.context import RequestContext
+from gateway.edge.context import RequestContext
 from gateway.observability.settings import AccessLogSettings
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ Entry = tuple[Any, ...]
 
 
 class AccessLog:
-    """An :class:`~gateway.context.Observer` that queues; ``start``/``stop`` run the writer."""
+    """An :class:`~gateway.edge.context.Observer` that queues; ``start``/``stop`` run the writer."""
 
     def __init__(
         self, settings: AccessLogSettings, on_drop: Callable[[int], None] | None = None

@@ -32,13 +32,13 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from gateway.context import RequestContext
+from gateway.edge.context import RequestContext
 from gateway.observability.sessions import SessionMetrics
 from gateway.observability.settings import MetricsSettings
 from routes.model import ALL_METHODS
 
 if TYPE_CHECKING:
-    from gateway.observability.control import Control
+    from gateway.ops.control import Control
     from gateway.state import GatewayState
     from gateway.websocket.relay import Session
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.asgi_types import ASGIApp
 from gateway.config import ConfigError, GatewayConfig
-from gateway.context import Observer
-from gateway.observability.control import Control
+from gateway.edge.context import Observer
 from gateway.observability.targets import apply_drained, target_views
+from gateway.ops.control import Control
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -69,7 +69,7 @@ class Observability:
         self._proxy: Proxy | None = None
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
-        #: The one reload implementation, ``gateway/reload.py``'s, set by ``create_app``;
+        #: The one reload implementation, ``gateway/ops/reload.py``'s, set by ``create_app``;
         #: this class only counts and logs its results.
         self.reloader: Reloader = _no_reloader
 
@@ -84,7 +84,7 @@ class Observability:
         admin = self.settings.admin
         if admin is None:
             return proxy
-        from gateway.observability.admin import AdminApp, AdminDispatch
+        from gateway.ops.admin import AdminApp, AdminDispatch
 
         return AdminDispatch(proxy, AdminApp(self), admin.port)
 
@@ -218,4 +218,4 @@ class Observability:
 
 
 async def _no_reloader() -> GatewayConfig:
-    raise RuntimeError("Observability.reloader is set by create_app (gateway/reload.py)")
+    raise RuntimeError("Observability.reloader is set by create_app (gateway/ops/reload.py)")

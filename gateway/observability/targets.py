@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.observability.control import Control
+    from gateway.ops.control import Control
     from gateway.state import GatewayState
     from upstreams.sender import PoolStats
     from upstreams.upstream import Upstream

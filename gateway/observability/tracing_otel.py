@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway.context import RequestContext
+from gateway.edge.context import RequestContext
 from gateway.observability.settings import TracingSettings
 from gateway.version import __version__
 

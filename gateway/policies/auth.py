@@ -21,8 +21,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import jwt
 
-from gateway.context import RequestContext
-from gateway.errors import GatewayError
+from gateway.edge.context import RequestContext
+from gateway.edge.errors import GatewayError
 from gateway.policies.header_rules import safe_value
 from gateway.policies.settings import Consumer, EdgeSettings, JwtProvider
 

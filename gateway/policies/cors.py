@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway.context import RequestContext
-from gateway.errors import GatewayError, Reply
+from gateway.edge.context import RequestContext
+from gateway.edge.errors import GatewayError, Reply
 
 if TYPE_CHECKING:
     from gateway.config import ConfigReader

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway.context import RequestContext
+from gateway.edge.context import RequestContext
 
 if TYPE_CHECKING:
     from gateway.config import ConfigReader

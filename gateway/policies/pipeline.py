@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway.context import Policy
+from gateway.edge.context import Policy
 from gateway.policies import auth, cors, header_rules, ratelimit
 from gateway.policies.settings import EdgeSettings
 

@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway.context import RequestContext
-from gateway.errors import GatewayError
+from gateway.edge.context import RequestContext
+from gateway.edge.errors import GatewayError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

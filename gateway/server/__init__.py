@@ -1,6 +1,6 @@
 """How ``quartgate serve`` runs the gateway: engines, the supervisor, server settings.
 
-- ``settings``: the server settings file (``hypercorn.toml``), checked key by key, and
+- ``hypercorn_toml``: the server settings file (``hypercorn.toml``), checked key by key, and
   which keys each engine honours.
 - ``supervisor``: workers, SIGTERM drain, SIGHUP reload checked by the master first.
 - ``hypercorn_engine`` / ``uvicorn_engine``: one serving worker on each engine.
@@ -14,6 +14,6 @@ docs/server.md says what each engine supports and why uvicorn is the fast one.
 
 from __future__ import annotations
 
-from gateway.server.settings import DEFAULTS, ServerConfig, load_server_config
+from gateway.server.hypercorn_toml import DEFAULTS, ServerConfig, load_server_config
 
 __all__ = ["DEFAULTS", "ServerConfig", "load_server_config"]

@@ -12,7 +12,7 @@ their tests in ``tests/test_protocol_client.py``):
   ``Transfer-Encoding`` count; RFC 9112 5.2 allows rejecting it and Envoy does: 400.
 - **A request-target Hypercorn would choke on** (an HTTP/2 ``:path`` with a non-ASCII
   byte made it raise and drop the connection) gets a 400 on that stream; the connection
-  lives. Other bad targets are refused by the gateway itself (``gateway/edge_checks.py``),
+  lives. Other bad targets are refused by the gateway itself (``gateway/edge/checks.py``),
   on every engine.
 - **A header timeout of its own**: from the first byte of a request head to its end, at
   most ``[gateway] header_timeout`` seconds (nginx's ``client_header_timeout``), then a
@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Final
 
-from gateway.errors import error_body
+from gateway.edge.errors import error_body
 
 log = logging.getLogger("quartgate")
 

@@ -7,7 +7,7 @@ points:
   file brings the whole server down. Here the master checks the file first; a bad file is
   refused with its reasons logged (and counted as a failed reload) and the workers keep
   serving; a good one is passed on as SIGHUP to each worker, which swaps its snapshot in
-  place (gateway/reload.py), so no connection is dropped and in-flight requests finish on
+  place (gateway/ops/reload.py), so no connection is dropped and in-flight requests finish on
   the old upstreams.
 - On SIGTERM they stop listening and close keep-alive connections at once, though under
   steady load a client's next request is often on its way. Here each worker drains
@@ -225,7 +225,7 @@ class _Supervisor:
         self._close_sockets()  # with the workers' copies closed, new connections are refused
 
     def _reload(self, *_: Any) -> None:
-        from gateway.reload import reload_problems
+        from gateway.ops.reload import reload_problems
 
         path = os.environ.get("QUARTGATE_CONFIG", "gateway.toml")
         try:
@@ -252,7 +252,7 @@ class _Supervisor:
         """One reload, one count, whatever the number of workers (gateway/observability)."""
         if self.runtime_dir is None:
             return
-        from gateway.observability.control import Control
+        from gateway.ops.control import Control
 
         try:
             with Control(self.runtime_dir).change() as control:

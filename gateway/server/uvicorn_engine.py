@@ -24,7 +24,7 @@ so that the same settings mean the same on both engines:
 WebSocket handshakes reach the app as on Hypercorn (uvicorn's sans-I/O ``websockets``
 protocol, with the ``websocket.http.response`` extension); ``Upgrade: h2c`` is ignored.
 uvicorn's own signal handling is replaced by the gateway's (SIGTERM/SIGINT drain; SIGHUP
-reloads in the app, gateway/reload.py), its access log is off (the gateway has its own),
+reloads in the app, gateway/ops/reload.py), its access log is off (the gateway has its own),
 and it never rewrites the client address from ``X-Forwarded-For`` (``proxy_headers``
 off: the gateway decides which peers to trust, ``[gateway] trusted_proxies``).
 """
@@ -49,7 +49,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from gateway.config import GatewaySettings
-from gateway.errors import error_body
+from gateway.edge.errors import error_body
 from gateway.server.drain import going_away, stop_accepting, wait_quiet
 
 log = logging.getLogger("quartgate")

@@ -22,8 +22,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
-from gateway.errors import GatewayError
-from gateway.headers import HOP_BY_HOP
+from gateway.edge.errors import GatewayError
+from gateway.edge.headers import HOP_BY_HOP
 from gateway.websocket.settings import WebSocketSettings
 from upstreams.balancer import Balancer, hash_bytes, make_balancer
 from upstreams.breaker import OPEN

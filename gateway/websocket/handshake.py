@@ -16,15 +16,15 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Final
 
 from gateway.asgi_types import Message, Receive, Scope, Send
-from gateway.context import RequestContext
-from gateway.edge_checks import CTL_IN_VALUE, check_target
-from gateway.errors import GatewayError, Reply, error_body
-from gateway.forwarding import FORWARD_DROP, resolve, untrusted_headers
-from gateway.headers import connection_tokens, match_host
-from gateway.normalize import needs_normalizing, normalize_scope
+from gateway.edge.checks import CTL_IN_VALUE, check_target
+from gateway.edge.context import RequestContext
+from gateway.edge.errors import GatewayError, Reply, error_body
+from gateway.edge.forwarding import FORWARD_DROP, resolve, untrusted_headers
+from gateway.edge.headers import connection_tokens, match_host
+from gateway.edge.normalize import needs_normalizing, normalize_scope
+from gateway.edge.request_id import new_request_id, valid_request_id
+from gateway.edge.traceparent import next_hop
 from gateway.policies.cors import CorsPolicy
-from gateway.request_id import new_request_id, valid_request_id
-from gateway.tracing import next_hop
 from gateway.websocket.connect import Refused, accept_headers
 from gateway.websocket.relay import Session
 from gateway.websocket.sessions import SessionObserver, Sessions

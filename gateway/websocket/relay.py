@@ -27,7 +27,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.asgi_types import Message, Receive, Send
-from gateway.context import RequestContext
+from gateway.edge.context import RequestContext
 from gateway.websocket.settings import WebSocketSettings
 from upstreams.target import Target
 

@@ -72,7 +72,7 @@ class Policy(Protocol):
     """One step of a route's pipeline (auth, rate limit, CORS, header rules).
 
     ``on_request`` runs before the upstream is called: it may edit the context, raise
-    :class:`gateway.errors.GatewayError` to refuse, or raise :class:`gateway.errors.Reply`
+    :class:`gateway.edge.errors.GatewayError` to refuse, or raise :class:`gateway.edge.errors.Reply`
     to answer itself. ``on_response`` may add or edit response headers, in place.
     """
 

@@ -24,7 +24,7 @@ import re
 from typing import Final
 
 from gateway.asgi_types import Scope
-from gateway.errors import GatewayError
+from gateway.edge.errors import GatewayError
 
 #: Control characters a header value must not carry (HTAB is allowed).
 CTL_IN_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search

@@ -25,7 +25,7 @@ from typing import Final
 from urllib.parse import quote
 
 from gateway.asgi_types import Scope
-from gateway.errors import GatewayError
+from gateway.edge.errors import GatewayError
 
 ESCAPED_SLASH_ACTIONS: Final = ("keep", "reject")
 

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.headers import REQUEST_DROP, TrustedProxies
+from gateway.edge.headers import REQUEST_DROP, TrustedProxies
 
 #: Request headers never copied upstream as they came: the gateway sets them itself.
 FORWARD_DROP: Final = REQUEST_DROP | {b"forwarded", b"traceparent"}

@@ -1,0 +1,2 @@
+"""Operating a running gateway: reload, the admin API, and operator decisions (drain,
+target drain) that outlive a request and a reload."""
