@@ -1,7 +1,9 @@
-"""The app factory: ``create_app(config)`` builds everything; nothing is global."""
+"""The app factory: ``create_app(config, ...)`` builds everything from its arguments; it reads
+no environment and imports nothing by name (gateway/environment.py, gateway/asgi.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import cast
 
 from quart import Quart, Response
@@ -10,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from gateway.asgi_types import ASGIApp
 from gateway.config import GatewayConfig
 from gateway.edge.errors import error_body
-from gateway.inprocess import BLUEPRINT, load_app
+from gateway.inprocess import BLUEPRINT, InProcessApp
 from gateway.observability.runtime import Observability
 from gateway.ops.reload import HotReload
 from gateway.proxy import Proxy
@@ -19,12 +21,22 @@ from gateway.state import APP_MOUNT, build_state
 from gateway.websocket import hypercorn_close
 
 
-def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
+def create_app(
+    config: GatewayConfig,
+    runtime_dir: str | None = None,
+    apps: Mapping[str, InProcessApp] | None = None,
+) -> Quart:
     """A Quart app whose proxied routes are served by the :class:`Proxy` layer in front.
 
     ``runtime_dir`` is where the workers of one ``quartgate serve`` share operator
-    decisions (drains, reloads); None for a single worker.
+    decisions (drains, reloads); None for a single worker. ``apps`` are the config's
+    in-process upstreams, imported by the caller (``gateway.inprocess.load_apps``): each
+    ``[upstreams.X] app`` needs its entry.
     """
+    apps = dict(apps or {})
+    missing = sorted(set(config.app_upstreams) - set(apps))
+    if missing:
+        raise ValueError(f"create_app: no in-process app given for {', '.join(missing)}")
     # The HTTP/1.1 rules Hypercorn and h11 lack (no h2c upgrade, no obs-fold, a header
     # timeout, JSON for their own errors). Process-wide and idempotent; inert under other
     # engines, which never use the classes it wraps.
@@ -37,8 +49,7 @@ def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
         RESPONSE_TIMEOUT=None,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
-    apps = [load_app(spec, config.source) for spec in config.app_upstreams.values()]
-    for inprocess in apps:
+    for inprocess in apps.values():
         if inprocess.kind == BLUEPRINT:
             name = inprocess.name
             app.register_blueprint(
@@ -65,7 +76,7 @@ def create_app(config: GatewayConfig, runtime_dir: str | None = None) -> Quart:
     proxy = Proxy(cast(ASGIApp, app.asgi_app), state)
     app.asgi_app = observability.install(app, proxy)  # type: ignore[method-assign,assignment]
     app.extensions["quartgate"] = proxy
-    proxy.apps.update({inprocess.name: inprocess for inprocess in apps})
+    proxy.apps.update(apps)
     # A drain (SIGTERM, gateway/server/drain.py) closes open WebSocket sessions with 1001.
     app.extensions["quartgate.going_away"] = proxy.websockets.sessions.going_away
     hypercorn_close.install()  # the client's close code reaches the app (Hypercorn 0.18)

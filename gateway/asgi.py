@@ -1,27 +1,16 @@
-"""Entry point for plain Hypercorn: ``hypercorn --config hypercorn.toml gateway.asgi:app``.
+"""Entry point for a plain ASGI server: ``hypercorn --config hypercorn.toml gateway.asgi:app``.
 
-The config path comes from ``QUARTGATE_CONFIG`` (default ``gateway.toml``); this is the one
-place that reads the environment, and only because an ASGI server imports by name.
-``QUARTGATE_ENGINE`` says which server imports it (``quartgate serve`` sets it; default
-``hypercorn``): only under Hypercorn are its workarounds installed.
+A server that imports an app by name gives it no arguments, so this module, and only this
+module, builds the app from the process environment when it is imported
+(gateway/environment.py: ``QUARTGATE_CONFIG``, default ``gateway.toml``;
+``QUARTGATE_ENGINE``, default ``hypercorn``: only under Hypercorn are its workarounds
+installed). ``quartgate serve`` never imports it: its workers call
+:func:`gateway.server.app_loader.build_app` with what the command line said.
 """
 
 from __future__ import annotations
 
-import os
+from gateway.environment import Environment
+from gateway.server.app_loader import build_app
 
-from gateway.app import create_app
-from gateway.config import load_config
-from gateway.logs import configure_logging
-from gateway.server.tuning import tune_gc
-
-configure_logging()
-app = create_app(
-    load_config(os.environ.get("QUARTGATE_CONFIG", "gateway.toml")),
-    runtime_dir=os.environ.get("QUARTGATE_RUNTIME_DIR"),
-)
-if os.environ.get("QUARTGATE_ENGINE", "hypercorn") == "hypercorn":
-    from gateway.server import hypercorn_patches
-
-    hypercorn_patches.apply()  # checked names first: gateway/server/hypercorn_patches.py
-tune_gc()  # after the app is built: what exists now lives as long as the worker
+app = build_app(Environment.read())

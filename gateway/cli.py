@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -124,10 +123,12 @@ def route_table(config: GatewayConfig) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.environment import Environment
     from gateway.observability.serving import add_admin_bind, shared_runtime
     from gateway.server.hypercorn_toml import load_server_config
     from gateway.server.supervisor import missing_packages, serve
 
+    environment = Environment.read()  # once, here; the workers are handed what they need
     config_path = Path(args.config).resolve()
     server_path = args.server_config
     if server_path is None and Path("hypercorn.toml").exists():
@@ -151,19 +152,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
-    os.environ["QUARTGATE_CONFIG"] = str(config_path)
-    os.environ["QUARTGATE_ENGINE"] = engine
     if server.workers == 1:
         server.workers = 0  # serve in this process: no supervisor needed for one worker
-    with shared_runtime(server.workers) as runtime_dir:
+    with shared_runtime(server.workers, environment.metrics_dir) as runtime_dir:
+        worker = Environment(str(config_path), engine, runtime_dir, environment.variables)
         # drain on SIGTERM, reload on SIGHUP (gateway/server/supervisor.py)
-        return serve(
-            server,
-            engine=engine,
-            gateway=config,
-            runtime_dir=runtime_dir,
-            server_file=server_path or "hypercorn.toml",
-        )
+        return serve(server, worker, gateway=config, server_file=server_path or "hypercorn.toml")
 
 
 if __name__ == "__main__":

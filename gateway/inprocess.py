@@ -28,7 +28,7 @@ from typing import Any, Final
 from quart import Blueprint
 
 from gateway.asgi_types import ASGIApp, Message, Receive
-from gateway.config import AppUpstreamSpec, ConfigError, Problem
+from gateway.config import AppUpstreamSpec, ConfigError, GatewayConfig, Problem
 from gateway.edge.context import RequestContext
 
 log = logging.getLogger("quartgate")
@@ -76,6 +76,14 @@ def import_app(spec: AppUpstreamSpec, file: str) -> tuple[str, Any]:
         )
         raise ConfigError([Problem(file, key, reason)])
     return kind, obj
+
+
+def load_apps(config: GatewayConfig) -> dict[str, InProcessApp]:
+    """Import every in-process app of ``config``, by upstream name: what an entry point
+    (``gateway.asgi``, a worker of ``quartgate serve``) hands to ``create_app``. Importing
+    puts the config file's folder on ``sys.path``, which is why the app factory never does
+    it itself."""
+    return {name: load_app(spec, config.source) for name, spec in config.app_upstreams.items()}
 
 
 def load_app(spec: AppUpstreamSpec, file: str) -> InProcessApp:

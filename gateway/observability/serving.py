@@ -3,9 +3,10 @@
 - The admin listener joins Hypercorn's binds (docs/admin.md explains why not a second
   server); a public bind on the same port is refused, since requests are told apart by port.
 - Several workers get a fresh runtime directory: ``metrics/`` for prometheus-client's
-  multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, which must be set before any worker
-  imports prometheus_client) and the shared operator-decision file. It is removed on exit,
-  so no stale worker files outlive a run.
+  multiprocess mode and the shared operator-decision file. It is removed on exit, so no
+  stale worker files outlive a run. prometheus-client reads ``PROMETHEUS_MULTIPROC_DIR``
+  itself, when a worker imports it, so that variable is exported for the workers (the only
+  variable quartgate writes); an operator's own value wins.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, Problem
+from gateway.environment import PROMETHEUS_MULTIPROC_DIR
 
 
 def add_admin_bind(config: GatewayConfig, server: Any) -> None:
@@ -36,23 +38,20 @@ def add_admin_bind(config: GatewayConfig, server: Any) -> None:
 
 
 @contextlib.contextmanager
-def shared_runtime(workers: int) -> Iterator[str | None]:
-    """With several workers, a runtime directory for the run, exported to the workers."""
+def shared_runtime(workers: int, metrics_dir: str | None = None) -> Iterator[str | None]:
+    """With several workers, a runtime directory for the run; ``metrics_dir`` is the
+    operator's ``PROMETHEUS_MULTIPROC_DIR``, if set (then it is left alone)."""
     if workers <= 1:
         yield None
         return
     folder = tempfile.mkdtemp(prefix="quartgate-")
     metrics = os.path.join(folder, "metrics")
     os.mkdir(metrics)
-    saved = {k: os.environ.get(k) for k in ("PROMETHEUS_MULTIPROC_DIR", "QUARTGATE_RUNTIME_DIR")}
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics)  # an operator's own wins
-    os.environ["QUARTGATE_RUNTIME_DIR"] = folder
+    if metrics_dir is None:
+        os.environ[PROMETHEUS_MULTIPROC_DIR] = metrics  # spawned workers inherit it
     try:
         yield folder
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if metrics_dir is None:
+            os.environ.pop(PROMETHEUS_MULTIPROC_DIR, None)
         shutil.rmtree(folder, ignore_errors=True)

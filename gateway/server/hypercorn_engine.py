@@ -8,27 +8,35 @@ checked before the app is loaded. HTTP/2 (TLS or h2c prior knowledge) is only on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import os
 import signal
 from multiprocessing.synchronize import Event
 from typing import Any
 
 from hypercorn.config import Config, Sockets
 
+from gateway.environment import Environment
 from gateway.server import hypercorn_patches
+from gateway.server.app_loader import build_app
 from gateway.server.drain import going_away, stop_accepting, wait_quiet
 
 log = logging.getLogger("quartgate")
 
 
-def run_worker(config: Config, sockets: Sockets | None = None, ready: Event | None = None) -> None:
-    """One serving process: load the app, serve until SIGTERM/SIGINT, drain, return."""
+def run_worker(
+    config: Config,
+    environment: Environment,
+    sockets: Sockets | None = None,
+    ready: Event | None = None,
+) -> None:
+    """One serving process: build the app, serve until SIGTERM/SIGINT, drain, return."""
     hypercorn_patches.check()  # before anything is served: fail loudly, not half-patched
-    os.environ["QUARTGATE_ENGINE"] = "hypercorn"  # gateway.asgi applies the workarounds
-    from hypercorn.utils import load_application
+    from hypercorn.app_wrappers import ASGIWrapper
 
-    app: Any = load_application(config.application_path, config.wsgi_max_body_size)
+    # engine "hypercorn": build_app installs the workarounds
+    quart = build_app(dataclasses.replace(environment, engine="hypercorn"))
+    app: Any = ASGIWrapper(quart)
     if sockets is None:
         sockets = config.create_sockets()
     loop_factory = None

@@ -30,7 +30,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("hypercorn.asyncio.tcp_server", "TCPServer.reader"),
     ("hypercorn.asyncio.run", "worker_serve"),
     ("hypercorn.asyncio.run", "worker_serve._server_callback"),
-    ("hypercorn.utils", "load_application"),
+    ("hypercorn.app_wrappers", "ASGIWrapper"),
     ("hypercorn.config", "Config.response_headers"),
     ("hypercorn.config", "Config.create_sockets"),
 )

@@ -127,5 +127,5 @@ def load_server_config(
     if workers is not None:
         settings["workers"] = workers
     config = ServerConfig.from_mapping(settings)
-    config.application_path = "gateway.asgi:app"
+    config.application_path = "gateway.asgi:app"  # for the record: workers build the app
     return config

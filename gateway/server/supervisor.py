@@ -34,23 +34,24 @@ from typing import Any
 from hypercorn.config import Config, Sockets
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.environment import Environment
 
 log = logging.getLogger("quartgate")
 
 
 def serve(
     config: Config,
+    environment: Environment,
     *,
-    engine: str = "hypercorn",
     gateway: GatewayConfig | None = None,
-    runtime_dir: str | None = None,
     server_file: str = "hypercorn.toml",
 ) -> int:
-    """Serve ``config.application_path`` on ``engine`` with ``config.workers`` processes.
+    """Serve the gateway ``environment`` describes (its config file, engine and runtime
+    directory) with ``config.workers`` processes.
 
     0 or 1 worker: served in this process. ``gateway`` is the config the workers start
-    with (the master checks reloads against it); ``runtime_dir`` the workers' shared
-    directory, where the master counts the reloads it refuses or passes on.
+    with (the master checks reloads against it); the runtime directory is the workers'
+    shared one, where the master counts the reloads it refuses or passes on.
     """
     # A reload request during start-up must not kill the server (SIGHUP's default action);
     # the reload handler replaces this once the app is serving.
@@ -66,8 +67,8 @@ def serve(
             file.write(str(os.getpid()))
     try:
         if config.workers <= 1:
-            return run_worker(engine, config, sockets)
-        return _Supervisor(config, engine, sockets, gateway, runtime_dir).run()
+            return run_worker(config, environment, sockets)
+        return _Supervisor(config, environment, sockets, gateway).run()
     finally:
         if config.pid_path is not None and os.path.exists(config.pid_path):
             os.unlink(config.pid_path)
@@ -120,13 +121,16 @@ def missing_packages(engine: str) -> list[str]:
 
 
 def run_worker(
-    engine: str, config: Config, sockets: Sockets | None = None, ready: Event | None = None
+    config: Config,
+    environment: Environment,
+    sockets: Sockets | None = None,
+    ready: Event | None = None,
 ) -> int:
     """Serve until stopped; a config error (the file changed since the master read it) is
     one ``file: key: reason`` line per problem and exit status 1, never a traceback."""
-    module = importlib.import_module(ENGINE_MODULES[engine])
+    module = importlib.import_module(ENGINE_MODULES[environment.engine])
     try:
-        module.run_worker(config, sockets, ready)
+        module.run_worker(config, environment, sockets, ready)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
@@ -145,9 +149,11 @@ def _terminate_when_ready(process: Any, ready: Event, timeout: float = 60.0) -> 
     _terminate(process)
 
 
-def _worker_main(engine: str, config: Config, sockets: Sockets, ready: Event) -> None:
+def _worker_main(
+    config: Config, environment: Environment, sockets: Sockets, ready: Event
+) -> None:
     """Entry point of a spawned worker process."""
-    sys.exit(run_worker(engine, config, sockets, ready))
+    sys.exit(run_worker(config, environment, sockets, ready))
 
 
 # ---- several workers -------------------------------------------------------------------------
@@ -159,16 +165,15 @@ class _Supervisor:
     def __init__(
         self,
         config: Config,
-        engine: str,
+        environment: Environment,
         sockets: Sockets,
         gateway: GatewayConfig | None,
-        runtime_dir: str | None,
     ) -> None:
         self.config = config
-        self.engine = engine
+        self.environment = environment
         self.sockets = sockets
         self.running = gateway
-        self.runtime_dir = runtime_dir
+        self.runtime_dir = environment.runtime_dir
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[tuple[Any, Event]] = []
         self.stopping = False
@@ -186,8 +191,8 @@ class _Supervisor:
             process = self.context.Process(
                 target=_worker_main,
                 kwargs={
-                    "engine": self.engine,
                     "config": config,
+                    "environment": self.environment,
                     "sockets": self.sockets,
                     "ready": ready,
                 },
@@ -227,7 +232,7 @@ class _Supervisor:
     def _reload(self, *_: Any) -> None:
         from gateway.ops.reload import reload_problems
 
-        path = os.environ.get("QUARTGATE_CONFIG", "gateway.toml")
+        path = self.environment.config_path
         try:
             config = load_config(path)
             problems = reload_problems(self.running, config) if self.running else []

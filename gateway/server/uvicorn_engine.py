@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
+import dataclasses
 import logging
 import os
 import signal
@@ -50,6 +50,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from gateway.config import GatewaySettings
 from gateway.edge.errors import error_body
+from gateway.environment import Environment
+from gateway.server.app_loader import build_app
 from gateway.server.drain import going_away, stop_accepting, wait_quiet
 
 log = logging.getLogger("quartgate")
@@ -277,11 +279,15 @@ class Server(uvicorn.Server):
             log.info("Running on http://%s:%d (uvicorn engine, pid %d)", host, port, os.getpid())
 
 
-def run_worker(config: Config, sockets: Sockets | None = None, ready: Event | None = None) -> None:
-    """One serving process: load the app, serve until SIGTERM/SIGINT, drain, return."""
-    os.environ["QUARTGATE_ENGINE"] = "uvicorn"  # gateway.asgi: no Hypercorn workarounds
-    module, _, name = config.application_path.partition(":")
-    app: Any = getattr(importlib.import_module(module), name)
+def run_worker(
+    config: Config,
+    environment: Environment,
+    sockets: Sockets | None = None,
+    ready: Event | None = None,
+) -> None:
+    """One serving process: build the app, serve until SIGTERM/SIGINT, drain, return."""
+    # engine "uvicorn": no Hypercorn workarounds
+    app: Any = build_app(dataclasses.replace(environment, engine="uvicorn"))
     if sockets is None:
         sockets = config.create_sockets()
     listeners = list(sockets.insecure_sockets)
