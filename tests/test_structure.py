@@ -133,9 +133,9 @@ def _environment_reads(tree: ast.AST) -> Iterator[int]:
         ):
             writes.add(id(node.func.value))
     for node in ast.walk(tree):
-        if _is_environ(node) and id(node) not in writes:
-            yield node.lineno
-        elif isinstance(node, ast.Attribute) and node.attr == "getenv":
+        if not isinstance(node, ast.Attribute):
+            continue
+        if (_is_environ(node) and id(node) not in writes) or node.attr == "getenv":
             yield node.lineno
 
 
