@@ -12,6 +12,10 @@ class UpstreamError(Exception):
 
     #: True when no byte of a response was received, so the request may be replayed.
     before_response: bool = True
+    #: The target URL of the try that failed; "" when no target was tried.
+    sent_to: str = ""
+    #: How many times the request was sent again before it failed (for logs and metrics).
+    retries: int = 0
 
 
 class UpstreamConnectError(UpstreamError):

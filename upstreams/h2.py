@@ -48,7 +48,6 @@ class H2Sender:
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         target = self.target
-        request.sent_to = target.url
         raw_path = request.target
         url = httpx.URL(scheme=target.scheme, host=target.host, port=target.port, raw_path=raw_path)
         headers = [(b"host", request.host or self._host), *request.headers]
@@ -75,6 +74,7 @@ class H2Sender:
             [(name.lower(), value) for name, value in response.headers.raw],
             body_stream,
             body_stream.aclose,
+            sent_to=target.url,
         )
 
     def stats(self) -> None:
@@ -128,4 +128,5 @@ def _translate(
     else:
         result = UpstreamProtocolError(str(error) or type(error).__name__)
     result.before_response = before_response
+    result.sent_to = target.url
     return result

@@ -29,19 +29,21 @@ class UpstreamRequest:
     body: Body = b""
     content_length: int | None = 0
     host: bytes | None = None
-    #: Set by the sender: the target URL the request went to (for logs and metrics).
-    sent_to: str = ""
     #: The route's deadline and retry policy; None: the upstream's default.
     policy: RetryPolicy | None = None
     #: The client address, for balancers that hash on it.
     client: str = ""
-    #: Set by the upstream: how many times the request was retried.
-    retries: int = 0
 
 
 @dataclass(slots=True)
 class UpstreamResponse:
-    """A response head and its body stream. ``aclose`` must be awaited once the body is done."""
+    """A response head and its body stream. ``aclose`` must be awaited once the body is done.
+
+    It also says how it was obtained (``sent_to``, ``retries``), for the gateway's logs and
+    metrics: the request stays what the gateway built, so one request object could be sent
+    twice, and nothing is read back from it. A failure carries the same two fields on the
+    raised :class:`~upstreams.errors.UpstreamError`.
+    """
 
     status: int
     headers: Headers
@@ -51,3 +53,7 @@ class UpstreamResponse:
     first: bytes = b""
     #: True when ``first`` is the complete body (the hot path then sends it in one message).
     complete: bool = False
+    #: The target URL that answered (set by the sender that made the response).
+    sent_to: str = ""
+    #: How many times the request was sent again before this response (set by retrying).
+    retries: int = 0

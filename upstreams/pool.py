@@ -19,16 +19,14 @@ from upstreams.errors import (
     UpstreamClosed,
     UpstreamConnectError,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamTimeout,
 )
 from upstreams.h1.connection import H1Connection
-from upstreams.h1.framing import LAST_CHUNK, chunk, request_head
+from upstreams.h1.framing import BODILESS_RESPONSE_METHODS, request_bytes, write_streamed_body
 from upstreams.messages import UpstreamRequest, UpstreamResponse
 from upstreams.sender import PoolStats
 from upstreams.spec import TargetSpec, UpstreamSpec
 
-_NO_BODY_METHODS = frozenset({b"HEAD"})
 #: RFC 9110 9.2.2: a repeat has the effect of one request.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -63,60 +61,47 @@ class ConnectionPool:
         happened (the rule of Go's net/http transport): no byte of it was written, or the
         method is idempotent and the connection ended before a single response byte. A
         malformed response, a timeout or a reset mid-response is never replayed here.
+
+        The response, or the raised :class:`UpstreamError`, names this target (``sent_to``).
         """
         spec = self._spec
-        replayable = isinstance(request.body, bytes)
-        no_body = request.method in _NO_BODY_METHODS
-        head = request_head(request, self._host_header)
-        request.sent_to = self._url
-        attempt = 0
-        while True:
-            conn, reused = await self._acquire()
-            try:
-                conn.begin(no_body=no_body)
-                if replayable:
-                    body = request.body
-                    assert isinstance(body, bytes)
-                    conn.write(head + body if body else head)
-                    if conn.writing_paused:
-                        await conn.drain(spec.write_timeout)
-                else:
-                    conn.write(head)
-                    await self._stream_body(conn, request)
-                status, headers = await conn.read_head(spec.read_timeout)
-            except UpstreamError as error:
-                self._discard(conn)
-                if reused and replayable and attempt == 0 and _may_replay(error, conn, request):
-                    attempt += 1
-                    continue
-                raise
-            except BaseException:
-                self._discard(conn)
-                raise
-            first, complete = conn.take_buffered()
-            if complete:
-                self._release(conn)
-                return UpstreamResponse(status, headers, _EMPTY, _noop, first, True)
-            stream = _BodyStream(self, conn, spec.read_timeout)
-            return UpstreamResponse(status, headers, stream, stream.aclose, first, False)
-
-    async def _stream_body(self, conn: H1Connection, request: UpstreamRequest) -> None:
+        url = self._url
         body = request.body
-        assert not isinstance(body, bytes)
-        timeout = self._spec.write_timeout
-        chunked = request.content_length is None
-        sent = 0
-        async for data in body:
-            if not data:
-                continue
-            sent += len(data)
-            conn.write(chunk(data) if chunked else data)
-            if conn.writing_paused:
-                await conn.drain(timeout)
-        if chunked:
-            conn.write(LAST_CHUNK)
-        elif sent != request.content_length:
-            raise UpstreamProtocolError("request body shorter than its Content-Length")
+        replayable = isinstance(body, bytes)
+        no_body = request.method in BODILESS_RESPONSE_METHODS
+        data = request_bytes(request, self._host_header)
+        attempt = 0
+        try:
+            while True:
+                conn, reused = await self._acquire()
+                try:
+                    conn.begin(no_body=no_body)
+                    conn.write(data)
+                    if not isinstance(body, bytes):
+                        await write_streamed_body(
+                            conn, body, request.content_length, spec.write_timeout
+                        )
+                    elif conn.writing_paused:
+                        await conn.drain(spec.write_timeout)
+                    status, headers = await conn.read_head(spec.read_timeout)
+                except UpstreamError as error:
+                    self._discard(conn)
+                    if reused and replayable and attempt == 0 and _may_replay(error, conn, request):
+                        attempt += 1
+                        continue
+                    raise
+                except BaseException:
+                    self._discard(conn)
+                    raise
+                first, complete = conn.take_buffered()
+                if complete:
+                    self._release(conn)
+                    return UpstreamResponse(status, headers, _EMPTY, _noop, first, True, url)
+                stream = _BodyStream(self, conn, spec.read_timeout)
+                return UpstreamResponse(status, headers, stream, stream.aclose, first, False, url)
+        except UpstreamError as error:
+            error.sent_to = url
+            raise
 
     # ---- pool ----------------------------------------------------------------------------
 

@@ -1,14 +1,24 @@
-"""The narrow seam below :class:`~upstreams.upstream.Upstream`: something that sends to one
-target (an HTTP/1.1 :class:`~upstreams.pool.ConnectionPool`, an HTTP/2
-:class:`~upstreams.h2.H2Sender`) and what it can tell about its connections."""
+"""The seam every sender shares: ``send(request)`` gives an awaitable response.
+
+Two kinds stand behind it. A target's own sender (an HTTP/1.1
+:class:`~upstreams.pool.ConnectionPool`, an HTTP/2 :class:`~upstreams.h2.H2Sender`) is a
+:class:`Sender`: it also tells about its connections. A layer (``upstreams/layers/``) wraps
+another sender to add one concern: retries, the in-flight cap, the breaker, counting.
+
+``send`` returns the awaitable rather than being declared ``async``, so that a layer with
+nothing to do for a request hands back the next layer's coroutine and costs no frame.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeAlias
 
 from upstreams.messages import UpstreamRequest, UpstreamResponse
 from upstreams.spec import TargetSpec
+
+Sending: TypeAlias = Coroutine[Any, Any, UpstreamResponse]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,12 +28,16 @@ class PoolStats:
     waiting: int
 
 
-class Sender(Protocol):
-    """Sends to one target."""
+class Sends(Protocol):
+    """Anything that sends a request: a target's sender or a layer over one."""
+
+    def send(self, request: UpstreamRequest) -> Sending: ...
+
+
+class Sender(Sends, Protocol):
+    """Sends to one target, and can tell about its connections."""
 
     target: TargetSpec
-
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
 
     def stats(self) -> PoolStats | None: ...
 

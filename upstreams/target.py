@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from upstreams.breaker import CLOSED, Breaker, BreakerSpec
 
 if TYPE_CHECKING:
-    from upstreams.sender import PoolStats, Sender
+    from upstreams.sender import PoolStats, Sender, Sends
     from upstreams.spec import TargetSpec
 
 
@@ -17,6 +17,10 @@ class Target:
     ``up`` is the one flag a pick reads: healthy (active checks), not drained (operator),
     and admitted by its breaker (passive health). It is recomputed only when one of those
     changes, so picking costs an attribute read.
+
+    ``sender`` is the target's own sender (health checks probe through it); ``tries`` is
+    the stack a request's tries go through (breaker, count, per-try timeout over
+    ``sender``), composed by :class:`~upstreams.upstream.Upstream`.
     """
 
     __slots__ = (
@@ -29,6 +33,7 @@ class Target:
         "outstanding",
         "sender",
         "spec",
+        "tries",
         "up",
         "url",
         "weight",
@@ -36,6 +41,7 @@ class Target:
 
     def __init__(self, sender: Sender, upstream: str, breaker: BreakerSpec | None) -> None:
         self.sender = sender
+        self.tries: Sends = sender
         self.spec: TargetSpec = sender.target
         self.url = self.spec.url
         self.weight = self.spec.weight

@@ -1,31 +1,25 @@
-"""One named upstream: its targets, their pools, and the balancer that picks among them."""
+"""One named upstream: its targets, their pools, and the stack of senders a request takes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from dataclasses import replace
 
 import httpx
 
-from upstreams.balancer import hash_bytes, make_balancer
-from upstreams.breaker import FAILURE_STATUSES, OPEN
-from upstreams.errors import (
-    NoHealthyTarget,
-    PoolExhausted,
-    RouteTimeout,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamOverloaded,
-    UpstreamTimeout,
-)
+from upstreams.balancer import make_balancer
 from upstreams.h2 import H2Sender
 from upstreams.health import HealthChecker
-from upstreams.messages import UpstreamRequest, UpstreamResponse
+from upstreams.layers.breaking import Breaking
+from upstreams.layers.capping import Capping
+from upstreams.layers.counting import Counting
+from upstreams.layers.picking import Picker
+from upstreams.layers.retrying import Retrying
+from upstreams.layers.stacking import stack
+from upstreams.layers.try_timeout import TryTimeout
+from upstreams.messages import UpstreamRequest
 from upstreams.pool import ConnectionPool
-from upstreams.retry import CONNECT_ONLY, RetryPolicy, backoff, condition
-from upstreams.sender import Sender
+from upstreams.sender import Sender, Sending
 from upstreams.spec import UpstreamSpec
 from upstreams.target import Target
 
@@ -35,10 +29,13 @@ log = logging.getLogger("quartgate.upstreams")
 class Upstream:
     """The seam the gateway uses: ``await upstream.send(request)``.
 
-    Behind it: the balancer picks a target that is up (healthy, not drained, breaker
-    closed), the request goes to that target's sender, and failures are retried on another
-    target as the route's :class:`RetryPolicy` allows, all before the response head is
-    returned, so nothing of a failed try ever reaches the client.
+    Behind it, a stack of senders composed once, here (``upstreams/layers/``): the balancer
+    picks a target that is up (healthy, not drained, breaker closed), the request goes to
+    that target's sender, and failures are retried on another target as the route's
+    :class:`~upstreams.retry.RetryPolicy` allows, all before the response head is returned,
+    so nothing of a failed try ever reaches the client. The response (or the raised
+    :class:`~upstreams.errors.UpstreamError`) says which target answered and how many
+    retries it took.
     """
 
     def __init__(self, spec: UpstreamSpec) -> None:
@@ -49,236 +46,32 @@ class Upstream:
         ]
         self.targets = [Target(s, spec.name, spec.breaker) for s in self.senders]
         self._balancer = make_balancer(spec.balancer, self.targets)
-        self._hash_header = (
-            spec.hash_on.partition(":")[2].strip().lower().encode("latin-1")
-            if spec.hash_on.startswith("header:")
-            else b""
+        # The composition, top to bottom. Per request: the in-flight cap holds its slot
+        # through every retry and until the body ends, so it is above the retries; each
+        # try picks a target (a retry another one) and goes down that target's stack. Per
+        # try: the breaker and the outstanding count see every try, retries included; the
+        # per-try timeout is below them, so a try that ran out of time is the target's
+        # failure. What an upstream has not configured is left out.
+        counting = spec.balancer == "least_outstanding"
+        for target in self.targets:
+            target.tries = stack(
+                Breaking(target.breaker) if target.breaker is not None else None,
+                Counting(target) if counting else None,
+                TryTimeout(target.url),
+                bottom=target.sender,
+            )
+        self._sender = stack(
+            Capping(spec.name, spec.max_requests) if spec.max_requests > 0 else None,
+            bottom=Retrying(spec.name, Picker(spec, self.targets, self._balancer)),
         )
-        self._hashing = spec.balancer == "hash"
-        self._max_requests = spec.max_requests
-        #: Count requests in flight (per upstream and per target) only when something reads it.
-        self._counting = spec.max_requests > 0 or spec.balancer == "least_outstanding"
-        self.in_flight = 0
         self.health = HealthChecker(spec.health, self.targets) if spec.health else None
-        #: No breaker, no counting, no hashing: requests without a route policy go straight.
-        self._plain = not self._counting and not self._hashing and spec.breaker is None
-        #: Without a route retry policy: a failed connect is tried once on another target.
-        self._implicit = RetryPolicy(
-            CONNECT_ONLY if len(self.targets) > 1 else replace(CONNECT_ONLY, attempts=1)
-        )
         self._client: httpx.AsyncClient | None = None
         #: Target URLs an operator drained: they get no new requests; in-flight ones finish.
         self.drained: frozenset[str] = frozenset()
 
-    # ---- sending -------------------------------------------------------------------------
-
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        policy = request.policy
-        if policy is None and self._plain:
-            # Nothing configured: one pick and one send, as before any of this existed.
-            target = self._balancer.pick(0, ())
-            if target is not None:
-                try:
-                    return await target.sender.send(request)
-                except (UpstreamConnectError, UpstreamTimeout) as error:
-                    if (
-                        len(self.targets) == 1
-                        or condition(error) != "connect_error"
-                        or not isinstance(request.body, bytes)
-                    ):
-                        raise
-                    # The implicit policy: the next target, once.
-                    await self._before_retry(self._implicit, 1, 0.0, "connect_error", target)
-                    return await self._send(request, None, 0.0, [target])
-        if policy is None or not policy.timeout:
-            return await self._send(request, policy, 0.0)
-        deadline = asyncio.get_running_loop().time() + policy.timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await self._send(request, policy, deadline)
-        except TimeoutError:
-            raise RouteTimeout(
-                f"upstream {self.name!r}: no response within the route timeout "
-                f"of {policy.timeout:g}s"
-            ) from None
-
-    async def _send(
-        self,
-        request: UpstreamRequest,
-        policy: RetryPolicy | None,
-        deadline: float,
-        tried: list[Target] | None = None,
-    ) -> UpstreamResponse:
-        retry = policy if policy is not None and policy.spec is not None else self._implicit
-        spec = retry.spec
-        assert spec is not None
-        loop = asyncio.get_running_loop()
-        budget = retry.budget
-        if budget is not None:
-            budget.request(loop.time())
-        counting = self._counting
-        if counting:
-            if self._max_requests and self.in_flight >= self._max_requests:
-                raise UpstreamOverloaded(
-                    f"upstream {self.name!r} has {self.in_flight} requests in flight "
-                    f"(max_requests = {self._max_requests})"
-                )
-            self.in_flight += 1
-        key = self._hash_key(request) if self._hashing else 0
-        replayable = isinstance(request.body, bytes)
-        if tried is None:
-            tried = []
-        attempt = len(tried) + 1
-        try:
-            while True:
-                target = self._balancer.pick(key, tried)
-                if target is None:
-                    raise self._no_target(loop.time())
-                request.retries = attempt - 1
-                breaker = target.breaker
-                if breaker is not None:
-                    breaker.dispatch()
-                if counting:
-                    target.outstanding += 1
-                try:
-                    if spec.per_try_timeout:
-                        response = await self._try(target, request, spec.per_try_timeout)
-                    else:
-                        response = await target.sender.send(request)
-                except UpstreamError as error:
-                    if counting:
-                        target.outstanding -= 1
-                    if breaker is not None and not isinstance(error, PoolExhausted):
-                        breaker.failure(loop.time(), str(error))
-                    why = condition(error)
-                    if not (
-                        attempt < spec.attempts
-                        and replayable
-                        and why in retry.conditions
-                        and (why == "connect_error" or request.method in retry.methods)
-                    ) or not await self._before_retry(retry, attempt, deadline, why, target):
-                        raise
-                    tried.append(target)
-                    attempt += 1
-                    continue
-                except BaseException:
-                    if counting:
-                        target.outstanding -= 1
-                    if breaker is not None:
-                        breaker.abandon()
-                    raise
-                status = response.status
-                if breaker is not None:
-                    if status in FAILURE_STATUSES:
-                        breaker.failure(loop.time(), f"status {status}")
-                    else:
-                        breaker.success(loop.time())
-                if (
-                    status in retry.statuses
-                    and attempt < spec.attempts
-                    and replayable
-                    and request.method in retry.methods
-                    and await self._before_retry(
-                        retry, attempt, deadline, f"status {status}", target, response
-                    )
-                ):
-                    if counting:
-                        target.outstanding -= 1
-                    tried.append(target)
-                    attempt += 1
-                    continue
-                if counting:
-                    self._track(response, target)
-                    counting = False  # the response now owns the in-flight count
-                return response
-        finally:
-            if counting:
-                self.in_flight -= 1
-
-    async def _try(
-        self, target: Target, request: UpstreamRequest, timeout: float
-    ) -> UpstreamResponse:
-        try:
-            async with asyncio.timeout(timeout):
-                return await target.sender.send(request)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"{target.url} sent no response head within per_try_timeout {timeout:g}s",
-                phase="read",
-            ) from None
-
-    async def _before_retry(
-        self,
-        retry: RetryPolicy,
-        attempt: int,
-        deadline: float,
-        why: str,
-        target: Target,
-        response: UpstreamResponse | None = None,
-    ) -> bool:
-        """Whether to retry now (budget and deadline allow); sleeps the back-off if so."""
-        spec = retry.spec
-        assert spec is not None
-        now = asyncio.get_running_loop().time()
-        delay = backoff(spec, attempt)
-        if deadline and now + delay >= deadline:
-            return False
-        if retry.budget is not None and not retry.budget.try_retry(now):
-            log.info("upstream %r: retry budget spent; not retrying after %s", self.name, why)
-            return False
-        if response is not None:
-            await response.aclose()  # an unread body: the connection is not reused
-        log.info(
-            "upstream %r: %s from %s; retry %d of %d",
-            self.name,
-            why,
-            target.url,
-            attempt,
-            spec.attempts - 1,
-        )
-        if delay:
-            await asyncio.sleep(delay)
-        return True
-
-    def _track(self, response: UpstreamResponse, target: Target) -> None:
-        """Count the request in flight until its response body has ended."""
-        if response.complete:
-            self.in_flight -= 1
-            target.outstanding -= 1
-            return
-        inner = response.aclose
-        done = False
-
-        async def aclose() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                self.in_flight -= 1
-                target.outstanding -= 1
-            await inner()
-
-        response.aclose = aclose
-
-    def _hash_key(self, request: UpstreamRequest) -> int:
-        name = self._hash_header
-        if name:
-            for header, value in request.headers:
-                if header == name:
-                    return hash_bytes(value)
-        return hash_bytes(request.client.encode("latin-1"))
-
-    def _no_target(self, now: float) -> NoHealthyTarget:
-        """503 at once; Retry-After is when the first ejected target is probed again."""
-        waits = [
-            t.breaker.reopens_at - now
-            for t in self.targets
-            if t.breaker is not None and t.breaker.state == OPEN
-        ]
-        if not waits and self.health is not None:
-            waits = [self.health.spec.interval]
-        error = NoHealthyTarget(f"every target of {self.name!r} is drained or unhealthy")
-        error.retry_after = max(1.0, math.ceil(min(waits, default=1.0)))
-        return error
+    def send(self, request: UpstreamRequest) -> Sending:
+        """The response head (the body streams on), or an :class:`UpstreamError` raised."""
+        return self._sender.send(request)
 
     # ---- operations ----------------------------------------------------------------------
 
