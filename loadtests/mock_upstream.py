@@ -7,8 +7,9 @@ Endpoints (any path prefix is ignored up to the last known word):
   GET  /headers         the request line and headers as JSON
   anything else         the /json body
 
-Run: ``python -m loadtests.mock_upstream --port 9001``. It is a plain asyncio Protocol
-(uvloop when present) so that one process serves far more than one gateway worker can send.
+Run: ``python -m loadtests.mock_upstream --port 9001`` (``--fd N`` instead serves a bound
+socket it inherits, as the tests start it). It is a plain asyncio Protocol (uvloop when
+present) so that one process serves far more than one gateway worker can send.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from email.utils import formatdate
 from typing import cast
@@ -155,9 +157,14 @@ class MockUpstream(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, fd: int | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(MockUpstream, host, port, backlog=4096, reuse_port=True)
+    if fd is not None:  # a socket bound by whoever started us: the port was never free
+        sock = socket.socket(fileno=fd)
+        host, port = sock.getsockname()[:2]
+        server = await loop.create_server(MockUpstream, sock=sock, backlog=4096)
+    else:
+        server = await loop.create_server(MockUpstream, host, port, backlog=4096, reuse_port=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -170,13 +177,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--fd", type=int, help="serve an inherited bound socket (not --port)")
     args = parser.parse_args()
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, args.fd))
     else:
-        uvloop.run(serve(args.host, args.port))
+        uvloop.run(serve(args.host, args.port, args.fd))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import ENGINES, GatewayProcess, free_port, serving
+from tests.support.gateway import ENGINES, GatewayProcess, bound_socket, port_of, serving
 from tests.support.upstream import UpstreamServer
 
 
@@ -21,10 +21,11 @@ def upstream() -> Iterator[UpstreamServer]:
 @pytest.fixture(scope="session")
 def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The fast load-test upstream (loadtests/mock_upstream.py) in a subprocess; its URL."""
-    port = free_port()
+    sock = bound_socket()
+    port = port_of(sock)
     log = tmp_path_factory.mktemp("mock-upstream") / "mock.log"
-    args = [sys.executable, "-m", "loadtests.mock_upstream", "--port", str(port)]
-    with serving(args, port, log):
+    args = [sys.executable, "-m", "loadtests.mock_upstream", "--fd", str(sock.fileno())]
+    with serving(args, port, log, sock=sock):
         yield f"http://127.0.0.1:{port}"
 
 

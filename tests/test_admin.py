@@ -11,7 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.gateway import ENGINES, ROOT, GatewayProcess, free_port
+from tests.support.gateway import (
+    ENGINES,
+    ROOT,
+    GatewayProcess,
+    bound_socket,
+    dead_port,
+    free_port,
+    port_of,
+)
 from tests.support.observability import TOKEN, Admin, value, wait_until
 from tests.support.upstream import UpstreamServer
 
@@ -50,7 +58,7 @@ def gateway(
     their own."""
     admin = Admin()
     config = tmp_path_factory.mktemp("admin") / "gateway.toml"
-    config.write_text(admin.section() + ROUTES.format(upstream=upstream.url, spare=free_port()))
+    config.write_text(admin.section() + ROUTES.format(upstream=upstream.url, spare=dead_port()))
     process = GatewayProcess(config, engine=request.param).start()
     yield process, admin
     assert process.stop() == 0, process.logs()
@@ -163,7 +171,7 @@ def test_draining_every_target_fails_readiness_and_requests(
     make_gateway: Start, upstream: UpstreamServer
 ) -> None:
     admin = Admin()
-    spare = free_port()
+    spare = dead_port()
     gateway = make_gateway(admin.section() + ROUTES.format(upstream=upstream.url, spare=spare))
     # The spare target is down (nothing listens): draining it leaves the good one in turn.
     drained = admin.post(f"/admin/upstreams/main/targets/127.0.0.1:{spare}/drain")
@@ -195,26 +203,27 @@ def test_draining_every_target_fails_readiness_and_requests(
 
 def test_readiness_follows_active_health_checks(make_gateway: Start, tmp_path: Path) -> None:
     admin = Admin()
-    port = free_port()
-    text = admin.section() + (
-        f'[upstreams.main]\ntargets = ["http://127.0.0.1:{port}"]\n'
-        "[upstreams.main.health]\n"
-        'path = "/ok"\ninterval = 0.2\ntimeout = 1.0\n'
-        "unhealthy_threshold = 1\nhealthy_threshold = 1\n"
-        '[[routes]]\nname = "api"\npath = "/api"\nupstream = "main"\n'
-    )
-    make_gateway(text)
+    with bound_socket() as sock:  # refuses connections until the late upstream listens on it
+        port = port_of(sock)
+        text = admin.section() + (
+            f'[upstreams.main]\ntargets = ["http://127.0.0.1:{port}"]\n'
+            "[upstreams.main.health]\n"
+            'path = "/ok"\ninterval = 0.2\ntimeout = 1.0\n'
+            "unhealthy_threshold = 1\nhealthy_threshold = 1\n"
+            '[[routes]]\nname = "api"\npath = "/api"\nupstream = "main"\n'
+        )
+        make_gateway(text)
 
-    def status() -> int:
-        return admin.get("/readyz", token=None).status_code
+        def status() -> int:
+            return admin.get("/readyz", token=None).status_code
 
-    wait_until(lambda: status() == 503, what="readiness to fail with every target down")
-    late = UpstreamServer(port=port)
-    late.start()
-    try:
-        wait_until(lambda: status() == 200, what="readiness once the target is up")
-    finally:
-        late.stop()
+        wait_until(lambda: status() == 503, what="readiness to fail with every target down")
+        late = UpstreamServer(sock=sock)
+        late.start()
+        try:
+            wait_until(lambda: status() == 200, what="readiness once the target is up")
+        finally:
+            late.stop()
 
 
 def test_reload_applies_a_valid_config_and_keeps_the_old_on_error(
@@ -326,7 +335,7 @@ def test_cli_check_reports_observability_problems(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_an_admin_port_that_is_public(tmp_path: Path) -> None:
-    port = free_port()
+    port = dead_port()  # never bound by serve: it refuses the config first
     config = tmp_path / "gateway.toml"
     config.write_text(
         f'[admin]\nbind = "127.0.0.1:{port}"\n'
@@ -341,7 +350,7 @@ def test_serve_refuses_an_admin_port_that_is_public(tmp_path: Path) -> None:
 def test_without_a_token_the_admin_api_is_off(
     make_gateway: Start, upstream: UpstreamServer
 ) -> None:
-    port = free_port()
+    port = free_port()  # [admin] bind takes a port, not a socket (tests/support/observability.py)
     text = f'[admin]\nbind = "127.0.0.1:{port}"\n' + ONE.format(upstream=upstream.url)
     make_gateway(text)
     base = f"http://127.0.0.1:{port}"

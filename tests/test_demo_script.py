@@ -18,6 +18,10 @@ from tests.support.gateway import ROOT, free_port, wait_for_port
 
 SCRIPT = ROOT / "scripts" / "run-demo.sh"
 
+# The script is given port numbers (QUARTGATE_DEMO_PORT, ..._UPSTREAM_PORT), as an operator
+# gives them, and starts its servers itself: free_port() is the one way in, race and all
+# (a lost race is the script's own "port taken" refusal, which fails the test loudly).
+
 
 def demo_env(port: int, upstream_port: int) -> dict[str, str]:
     return dict(
@@ -70,10 +74,9 @@ def listen(port: int, *, reuse_port: bool) -> socket.socket:
     [("upstream", False), ("upstream", True), ("gateway", False)],
 )
 def test_a_taken_port_stops_the_demo_with_one_line(taken: str, reuse_port: bool) -> None:
-    port, upstream_port = free_port(), free_port()
-    held = upstream_port if taken == "upstream" else port
-    other = port if taken == "upstream" else upstream_port
-    with listen(held, reuse_port=reuse_port):
+    with listen(0, reuse_port=reuse_port) as holder:
+        held, other = holder.getsockname()[1], free_port()
+        port, upstream_port = (other, held) if taken == "upstream" else (held, other)
         script = subprocess.Popen(
             ["bash", str(SCRIPT)],
             cwd=ROOT,

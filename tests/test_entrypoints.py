@@ -17,22 +17,31 @@ from gateway.config import ENGINES as CONFIG_ENGINES
 from gateway.server import hypercorn_patches, supervisor
 from gateway.server.hypercorn_toml import load_server_config
 from gateway.server.supervisor import ENGINE_MODULES
-from tests.support.gateway import ENGINES, ROOT, GatewayProcess, free_port, serving
+from tests.support.gateway import (
+    ENGINES,
+    ROOT,
+    GatewayProcess,
+    bound_socket,
+    dead_port,
+    port_of,
+    serving,
+)
 from tests.support.upstream import UpstreamServer
 
 
 @pytest.fixture
 def h2_upstream(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
+    sock = bound_socket()
+    port = port_of(sock)
     args = [
         sys.executable,
         "-m",
         "hypercorn",
         "tests.support.h2_upstream:app",
         "--bind",
-        f"127.0.0.1:{port}",
+        f"fd://{sock.fileno()}",
     ]
-    with serving(args, port, tmp_path / "h2.log"):
+    with serving(args, port, tmp_path / "h2.log", sock=sock):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -68,7 +77,8 @@ def test_plain_hypercorn_entry_point(tmp_path: Path, upstream: UpstreamServer) -
     config.write_text(
         f'[upstreams.u]\ntargets = ["{upstream.url}"]\n[[routes]]\npath = "/"\nupstream = "u"\n'
     )
-    port = free_port()
+    sock = bound_socket()
+    port = port_of(sock)
     args = [
         sys.executable,
         "-m",
@@ -76,11 +86,11 @@ def test_plain_hypercorn_entry_point(tmp_path: Path, upstream: UpstreamServer) -
         "--config",
         str(ROOT / "hypercorn.toml"),
         "--bind",
-        f"127.0.0.1:{port}",
+        f"fd://{sock.fileno()}",
         "gateway.asgi:app",
     ]
     env = dict(os.environ, QUARTGATE_CONFIG=str(config))
-    with serving(args, port, tmp_path / "hc.log", env):
+    with serving(args, port, tmp_path / "hc.log", env, sock=sock):
         response = httpx.get(f"http://127.0.0.1:{port}/via/hypercorn", timeout=30)
     assert response.status_code == 200
     assert response.json()["target"] == "/via/hypercorn"
@@ -129,7 +139,7 @@ def test_check_imports_in_process_apps(tmp_path: Path) -> None:
 def test_serve_says_a_config_error_in_one_line(tmp_path: Path, workers: int) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(BAD_APP)
-    port = str(free_port())
+    port = dead_port()  # never bound: serve refuses the config first
     args = ("serve", "-c", str(config), "--bind", f"127.0.0.1:{port}", "--workers", str(workers))
     result = run_cli(*args)
     assert result.returncode == 1

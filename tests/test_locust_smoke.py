@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loadtests.servers import LOCUST_POLICY_OPTIONS, locust_gateway_config
-from tests.support.gateway import ROOT, GatewayProcess, free_port
+from tests.support.gateway import ROOT, GatewayProcess, dead_port
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
@@ -80,7 +80,7 @@ def test_locust_scenarios_run_without_a_failed_request(
 def test_locust_counts_gateway_errors_as_failures(
     make_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
-    down = f"http://127.0.0.1:{free_port()}"  # nothing listens: the gateway answers 502
+    down = f"http://127.0.0.1:{dead_port()}"  # nothing listens: the gateway answers 502
     gateway = make_gateway(locust_gateway_config(down))
     rows = run_locust(gateway.url, 2, tmp_path, "--tags", "json")
     total = rows["Aggregated"]

@@ -15,8 +15,8 @@ from gateway.config import parse_config
 from gateway.edge.context import RequestContext
 from gateway.observability.metrics import GatewayMetrics, MetricsObserver
 from gateway.observability.runtime import Observability
-from gateway.observability.settings import MetricsSettings
-from tests.support.gateway import GatewayProcess, free_port
+from gateway.observability.sections import MetricsSettings
+from tests.support.gateway import GatewayProcess, dead_port
 from tests.support.observability import Admin, series, value, wait_until
 from tests.support.upstream import UpstreamServer
 
@@ -43,7 +43,7 @@ Start = Callable[..., GatewayProcess]
 
 
 def config(upstream: UpstreamServer, admin: Admin, extra: str = "") -> str:
-    routes = ROUTES.format(upstream=upstream.url, dead=free_port())
+    routes = ROUTES.format(upstream=upstream.url, dead=dead_port())
     return admin.section() + extra + routes
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.gateway import ENGINES, GatewayProcess, free_port
+from tests.support.gateway import ENGINES, GatewayProcess, dead_port
 from tests.support.upstream import UpstreamServer
 
 CONFIG = """
@@ -366,7 +366,7 @@ async def test_upstream_closing_before_head_is_502(client: httpx.AsyncClient) ->
 async def test_failure_statuses(
     make_gateway: Callable[..., GatewayProcess], upstream: UpstreamServer
 ) -> None:
-    dead = free_port()  # nothing listens there
+    dead = dead_port()  # nothing listens there
     gateway = make_gateway(f"""
 [upstreams.dead]
 targets = ["http://127.0.0.1:{dead}"]

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.support.gateway import ENGINES, GatewayProcess, free_port
+from tests.support.gateway import ENGINES, GatewayProcess, dead_port
 from tests.support.ws_client import client, closed_with, head_and_body, raw_handshake
 from tests.support.ws_upstream import WebSocketUpstream
 
@@ -153,7 +153,7 @@ def gateway(
     path.write_text(
         CONFIG.format(
             upstream=upstream.url,
-            closed_port=free_port(),
+            closed_port=dead_port(),
             silent_port=silent_port,
             key_sha=hashlib.sha256(KEY.encode()).hexdigest(),
             max=MAX,

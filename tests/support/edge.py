@@ -120,24 +120,25 @@ def closed_within(sock: socket.socket, seconds: float) -> bytes | None:
 
 
 class RedisServer:
-    """A throw-away ``redis-server`` on a free port, no persistence."""
+    """A throw-away ``redis-server``, no persistence, on a unix socket in ``folder``: no TCP
+    port to choose (redis-server cannot be handed a bound socket), so none to race for."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = free_port()
+        self.path = folder / "redis.sock"
         self._cm: contextlib.AbstractContextManager[subprocess.Popen[bytes]] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.path}?db=0"
 
     def start(self) -> RedisServer:
         args = [
             REDIS_SERVER,
             "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
+            "0",
+            "--unixsocket",
+            str(self.path),
             "--save",
             "",
             "--appendonly",
@@ -145,7 +146,7 @@ class RedisServer:
             "--dir",
             str(self.folder),
         ]
-        self._cm = serving(args, self.port, self.folder / f"redis-{self.port}.log")
+        self._cm = serving(args, self.path, self.folder / "redis.log")
         self._cm.__enter__()
         return self
 
@@ -194,6 +195,12 @@ def nginx_in_front(
     ``server_extra`` and ``location_extra`` are nginx directives added to the server block
     and to its ``location /`` (e.g. the WebSocket ``Upgrade`` forwarding).
     """
+    # A port number, not a bound socket: nginx takes its listeners from ``listen`` in its
+    # config and inherits sockets only through its binary-upgrade protocol (the NGINX
+    # variable, already listening). free_port's race remains here, rare: if it is lost,
+    # nginx exits with "Address already in use" and the test fails; it cannot pass wrongly.
+    # A unix socket would do for the listener, but tests behind nginx need its TCP
+    # $remote_addr.
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "nginx.conf"

@@ -12,6 +12,7 @@ or, for a module-scoped gateway, parametrize the fixture with :data:`ENGINES`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -28,37 +29,94 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
+    """A port that was free a moment ago: racy (another process may bind it before the
+    caller does). Only for what cannot be handed a socket (nginx, redis-server); anything
+    else takes :func:`bound_socket` or :func:`refused_port`."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+def bound_socket() -> socket.socket:
+    """A TCP socket bound to a port of its own on 127.0.0.1, not listening yet: the port is
+    held from now on, so nothing else can take it before the server given it listens."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
+_DEAD: list[socket.socket] = []
+
+
+def dead_port() -> int:
+    """A port that refuses every connection until the test run ends (one socket, bound and
+    never listening, shared by every caller): the address of an upstream that is down."""
+    if not _DEAD:
+        _DEAD.append(bound_socket())
+        atexit.register(_DEAD[0].close)
+    return port_of(_DEAD[0])
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A port where every connection is refused for as long as the block runs: a socket is
+    bound to it and never listens (a dead upstream no other process can take the place of)."""
+    with bound_socket() as sock:
+        yield port_of(sock)
+
+
 def wait_for_port(
-    port: int,
+    port: int | Path,
     deadline: float,
     process: subprocess.Popen[bytes] | None = None,
     log: Path | None = None,
 ) -> None:
-    """Readiness probe: return once something accepts connections on the port."""
+    """Readiness probe: return once something accepts connections on the port (on
+    127.0.0.1), or on the unix socket when ``port`` is a path."""
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             text = log.read_text() if log else ""
             raise RuntimeError(f"process exited with {process.returncode} before ready:\n{text}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+            if isinstance(port, Path):
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.settimeout(0.5)
+                    sock.connect(str(port))
+            else:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
         except OSError:
             time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on port {port}")
+    raise TimeoutError(f"nothing listening on {port}")
 
 
 @contextlib.contextmanager
 def serving(
-    args: list[str], port: int, log: Path, env: dict[str, str] | None = None, timeout: float = 30.0
+    args: list[str],
+    port: int | Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    sock: socket.socket | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server process from the repo root until the block ends; yield once it listens."""
+    """Run a server process from the repo root until the block ends; yield once it listens.
+
+    ``sock``: a :func:`bound_socket` the process inherits (its ``args`` name
+    ``sock.fileno()``, e.g. ``--bind fd://N``); this process's copy is closed once started.
+    """
+    fds = [sock.fileno()] if sock is not None else []
     with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            process = subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, pass_fds=fds
+            )
+        finally:
+            if sock is not None:
+                sock.close()
         try:
             wait_for_port(port, time.monotonic() + timeout, process, log)
             yield process
@@ -68,7 +126,7 @@ def serving(
 
 
 class GatewayProcess:
-    """``quartgate serve -c CONFIG`` on a free port; ``stop()`` sends SIGTERM and waits."""
+    """``quartgate serve -c CONFIG`` on a port of its own; ``stop()`` sends SIGTERM and waits."""
 
     def __init__(
         self,
@@ -80,7 +138,10 @@ class GatewayProcess:
         engine: str | None = None,
     ) -> None:
         self.config = config
-        self.port = free_port()
+        # Bound here and handed to the server (--bind fd://N): the port is never free
+        # between choosing it and listening on it, so parallel runs cannot take it.
+        self._socket: socket.socket | None = bound_socket()
+        self.port = port_of(self._socket)
         self.log = config.with_suffix(".log")
         self.workers = workers
         self.server_config = server_config
@@ -93,6 +154,9 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
+        if self._socket is None:
+            raise RuntimeError("a GatewayProcess starts once: its socket went to the first run")
+        sock, self._socket = self._socket, None
         server_config = self.config.parent / "hypercorn-test.toml"
         server_config.write_text(self.server_config or "graceful_timeout = 10.0\n")
         args = [
@@ -105,7 +169,7 @@ class GatewayProcess:
             "--server-config",
             str(server_config),
             "--bind",
-            f"127.0.0.1:{self.port}",
+            f"fd://{sock.fileno()}",
             "--workers",
             str(self.workers),
             *(["--engine", self.engine] if self.engine else []),
@@ -113,9 +177,16 @@ class GatewayProcess:
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log_file = self.log.open("wb")
-        self.process = subprocess.Popen(
-            args, cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT, env=env
-        )
+        with sock:  # the server has its own copy; ours would keep the port open after it
+            self.process = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                pass_fds=[sock.fileno()],
+            )
+        # Not listening until the server listens: connects are refused until it is ready.
         wait_for_port(self.port, time.monotonic() + timeout, self.process, self.log)
         return self
 
@@ -130,6 +201,9 @@ class GatewayProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process is None:
+            if self._socket is not None:  # never started: the port is let go
+                self._socket.close()
+                self._socket = None
             return 0
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -20,6 +20,9 @@ class Admin:
     """The admin listener of one gateway under test."""
 
     def __init__(self, token: str = TOKEN) -> None:
+        # A port number, not a socket: [admin] bind is an address in the gateway's config,
+        # and the admin listener is told apart by that port. A pre-bound socket would need
+        # ``quartgate serve`` to take the admin listener as ``--bind fd://N`` too (not yet).
         self.port = free_port()
         self.token = token
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import socket
 import threading
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -45,6 +46,9 @@ class Received:
 class UpstreamServer:
     host: str = "127.0.0.1"
     port: int = 0
+    #: A bound socket to serve (tests/support/gateway.py's ``bound_socket``) instead of
+    #: ``host:port``: its port was held, refusing connections, until this server listens.
+    sock: socket.socket | None = None
     requests: list[Received] = field(default_factory=list)
     hang_started: threading.Event = field(default_factory=threading.Event)
     hang_closed: threading.Event = field(default_factory=threading.Event)
@@ -85,7 +89,10 @@ class UpstreamServer:
 
     async def _serve(self, ready: threading.Event) -> None:
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, self.host, self.port)
+        if self.sock is not None:
+            server = await asyncio.start_server(self._handle, sock=self.sock)
+        else:
+            server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = server.sockets[0].getsockname()[1]
         ready.set()
         self._writers: set[asyncio.StreamWriter] = set()
