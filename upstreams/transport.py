@@ -11,7 +11,6 @@ a probe must reach one chosen target, never whichever one the balancer picks.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
 
 import httpx
 
@@ -22,16 +21,13 @@ from upstreams.errors import (
     UpstreamTimeout,
 )
 from upstreams.messages import UpstreamRequest, UpstreamResponse
+from upstreams.sender import Sends
 
 _FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
 
-class _Sends(Protocol):
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
-
-
 class UpstreamTransport(httpx.AsyncBaseTransport):
-    def __init__(self, sender: _Sends) -> None:
+    def __init__(self, sender: Sends) -> None:
         self._sender = sender
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
