@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from gateway.config import ENGINES, ConfigError, GatewayConfig, Problem, load_config
+from gateway.environment import Environment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return reload_command(args.config, args.pid_file, args.pid)
     kinds: dict[str, str] = {}
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, environ=Environment.read().variables)
         if args.command == "check":
             kinds = import_apps(config)
     except ConfigError as error:
@@ -135,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
         server_path = "hypercorn.toml"
     try:
         # Fail here, with every reason and no traceback, not inside each worker.
-        config = load_config(config_path)
+        config = load_config(config_path, environ=environment.variables)
         import_apps(config)
         engine = args.engine or config.server.engine
         missing = missing_packages(engine)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, RoutePolicies
 from gateway.edge.context import Observer, Policy
 from gateway.edge.headers import TrustedProxies
 from gateway.policies.pipeline import Resources, build_policies
 from gateway.websocket.connect import Connector
-from gateway.websocket.settings import WebSocketSettings
+from gateway.websocket.limits import WebSocketSettings
 from routes.matching import RouteTable
 from routes.model import Route
 from upstreams.retry import RetryPolicy
@@ -84,7 +83,8 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
         spec = route.spec
         upstream = upstreams.get(spec.upstream)
         mount = "" if upstream is not None else APP_MOUNT + spec.upstream
-        websocket = spec.options.get("websocket")
+        policies = config.policies_of(spec)
+        websocket = policies.websocket
         connector = None
         if websocket is not None and upstream is not None:
             connector = connectors.get(upstream.name)
@@ -96,8 +96,8 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
             spec.strip_prefix,
             spec.preserve_host,
             mount,
-            build_policies(spec, resources),
-            _retry_policy(spec.options) if upstream is not None else None,
+            build_policies(spec.name, policies, resources),
+            _retry_policy(policies) if upstream is not None else None,
             websocket,
             connector,
         )
@@ -115,10 +115,8 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
     )
 
 
-def _retry_policy(options: dict[str, Any]) -> RetryPolicy | None:
+def _retry_policy(policies: RoutePolicies) -> RetryPolicy | None:
     """One policy object per route, built here once; None when the route sets neither key."""
-    retry = options.get("retry")
-    timeout = options.get("timeout", 0.0)
-    if retry is None and not timeout:
+    if policies.retry is None and not policies.timeout:
         return None
-    return RetryPolicy(retry, timeout)
+    return RetryPolicy(policies.retry, policies.timeout)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
@@ -12,8 +11,9 @@ ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIO
 
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
-    """One ``[[routes]]`` entry. ``path`` is a prefix on segment boundaries; a ``{name}``
-    segment matches exactly one non-empty segment."""
+    """What one ``[[routes]]`` entry matches and where it sends it. ``path`` is a prefix on
+    segment boundaries; a ``{name}`` segment matches exactly one non-empty segment. What the
+    gateway does with the request besides (its policies) is the gateway's, not routing's."""
 
     name: str
     path: str
@@ -22,8 +22,6 @@ class RouteSpec:
     host: str | None = None
     strip_prefix: bool = False
     preserve_host: bool = False
-    #: Extra per-route settings read by the gateway's policies; opaque to routing.
-    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def validate_path(path: str) -> str | None:

@@ -13,7 +13,7 @@ import httpx
 
 from gateway.edge.context import RequestContext
 from gateway.observability.access_log import AccessLog, format_text
-from gateway.observability.settings import AccessLogSettings
+from gateway.observability.sections import AccessLogSettings
 from tests.support.gateway import GatewayProcess
 from tests.support.observability import wait_until
 from tests.support.upstream import UpstreamServer

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from gateway.edge.context import RequestContext
 from gateway.observability.metrics import GatewayMetrics, MetricsObserver
-from gateway.observability.settings import MetricsSettings
+from gateway.observability.sections import MetricsSettings
 from tests.support.gateway import ROOT, GatewayProcess
 from tests.support.observability import Admin
 from tests.support.upstream import UpstreamServer

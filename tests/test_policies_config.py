@@ -51,14 +51,15 @@ allow_origins = ["https://a.test"]
     )
     spec = config.routes[0]
     assert spec.methods is not None and "OPTIONS" in spec.methods  # preflights get through
-    policies = build_policies(spec, Resources(config.edge))
+    policies = build_policies(spec.name, config.policies_of(spec), Resources(config.edge))
     names = [type(p).__name__ for p in policies]
     assert names == ["CorsPolicy", "AuthPolicy", "RateLimitPolicy", "HeaderRulesPolicy"]
 
 
 def test_route_without_policies_has_an_empty_pipeline() -> None:
     config = parse('[[routes]]\npath = "/"\nupstream = "main"\n')
-    assert build_policies(config.routes[0], Resources(config.edge)) == ()
+    spec = config.routes[0]
+    assert build_policies(spec.name, config.policies_of(spec), Resources(config.edge)) == ()
 
 
 @pytest.mark.parametrize(

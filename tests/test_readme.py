@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tomllib
@@ -18,7 +19,7 @@ def test_readme_config_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("QUARTGATE_ADMIN_TOKEN", "a-token-of-sixteen-plus")
     blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
     assert blocks, "README has no toml example"
-    config = parse_config(tomllib.loads(blocks[0]), "README.md")
+    config = parse_config(tomllib.loads(blocks[0]), "README.md", environ=os.environ)
     assert config.routes[0].name == "users"
     assert [t.weight for t in config.upstreams["users"].targets] == [1, 2]
 

@@ -209,9 +209,9 @@ def test_config_reads_every_resilience_key() -> None:
     assert spec.health is not None and spec.health.path == "/healthz"
     assert spec.health.expected_status == (200, 204) and spec.health.interval == 1.0
     assert spec.breaker == BreakerSpec(consecutive_failures=3)
-    route = config.routes[0]
-    assert route.options["timeout"] == 2.5
-    assert route.options["retry"] == RetrySpec(
+    policies = config.policies_of(config.routes[0])
+    assert policies.timeout == 2.5
+    assert policies.retry == RetrySpec(
         attempts=3, retry_on=("reset", "503"), methods=("GET", "POST")
     )
 

@@ -10,7 +10,7 @@ from quart import Blueprint
 
 from gateway.config import ConfigError, parse_config
 from gateway.inprocess import ASGI, BLUEPRINT, WSGI, detect, mount_point
-from gateway.websocket.settings import WebSocketSettings
+from gateway.websocket.limits import WebSocketSettings
 
 BASE = {"upstreams": {"ws": {"targets": ["http://127.0.0.1:9"]}}}
 
@@ -19,18 +19,21 @@ def route(**keys: Any) -> dict[str, Any]:
     return {**BASE, "routes": [{"path": "/ws", "upstream": "ws", **keys}]}
 
 
+def websocket(data: dict[str, Any]) -> WebSocketSettings | None:
+    config = parse_config(data)
+    return config.policies_of(config.routes[0]).websocket
+
+
 def test_websocket_is_off_by_default_and_true_takes_every_default() -> None:
-    assert "websocket" not in parse_config(route()).routes[0].options
-    assert parse_config(route(websocket=False)).routes[0].options.get("websocket") is None
-    settings = parse_config(route(websocket=True)).routes[0].options["websocket"]
-    assert settings == WebSocketSettings(1048576, 300.0, 0.0, 10.0)
+    assert websocket(route()) is None
+    assert websocket(route(websocket=False)) is None
+    assert websocket(route(websocket=True)) == WebSocketSettings(1048576, 300.0, 0.0, 10.0)
 
 
 def test_a_websocket_table_sets_each_key() -> None:
     table = {"max_message_size": 1000, "idle_timeout": 5, "ping_interval": 2.5}
-    settings = parse_config(route(websocket=table)).routes[0].options["websocket"]
-    assert settings == WebSocketSettings(1000, 5.0, 2.5, 10.0)
-    assert "websocket" not in parse_config(route(websocket={"enabled": False})).routes[0].options
+    assert websocket(route(websocket=table)) == WebSocketSettings(1000, 5.0, 2.5, 10.0)
+    assert websocket(route(websocket={"enabled": False})) is None
 
 
 @pytest.mark.parametrize(

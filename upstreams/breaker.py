@@ -19,6 +19,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge, Gt, Interval
 
 from upstreams.window import SlidingCounts
 
@@ -36,19 +39,19 @@ class BreakerSpec:
     """``[upstreams.NAME.breaker]``; the defaults are what an empty table gives."""
 
     #: Eject after this many failures in a row; 0 turns the rule off.
-    consecutive_failures: int = 5
+    consecutive_failures: Annotated[int, Ge(0)] = 5
     #: Eject when this fraction of the requests in ``window`` failed; 0 turns the rule off.
-    failure_rate: float = 0.5
+    failure_rate: Annotated[float, Interval(ge=0, le=1)] = 0.5
     #: Seconds over which the failure rate is measured.
-    window: float = 10.0
+    window: Annotated[float, Ge(1), "seconds"] = 10.0
     #: The failure rate is judged only once the window holds this many requests.
-    min_requests: int = 20
+    min_requests: Annotated[int, Gt(0)] = 20
     #: First ejection, in seconds; each ejection in a row doubles it.
-    ejection_time: float = 30.0
+    ejection_time: Annotated[float, Gt(0)] = 30.0
     #: Longest ejection, in seconds.
-    max_ejection_time: float = 300.0
+    max_ejection_time: Annotated[float, Gt(0)] = 300.0
     #: Requests let through at once to probe a half-open target.
-    half_open_requests: int = 1
+    half_open_requests: Annotated[int, Gt(0)] = 1
 
 
 class Breaker:

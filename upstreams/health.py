@@ -14,7 +14,9 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Annotated, Protocol
+
+from annotated_types import Gt
 
 from upstreams.errors import UpstreamError
 from upstreams.messages import UpstreamRequest, UpstreamResponse
@@ -50,13 +52,13 @@ class HealthSpec:
     #: Path (and query) requested with GET.
     path: str = "/"
     #: Seconds between two rounds of probes.
-    interval: float = 5.0
+    interval: Annotated[float, Gt(0)] = 5.0
     #: Seconds a probe may take, body included.
-    timeout: float = 2.0
+    timeout: Annotated[float, Gt(0)] = 2.0
     #: Passed probes in a row that make an unhealthy target healthy.
-    healthy_threshold: int = 2
+    healthy_threshold: Annotated[int, Gt(0)] = 2
     #: Failed probes in a row that make a healthy target unhealthy.
-    unhealthy_threshold: int = 3
+    unhealthy_threshold: Annotated[int, Gt(0)] = 3
     #: Statuses that pass; empty means any 2xx or 3xx.
     expected_status: tuple[int, ...] = ()
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from annotated_types import Ge, Gt, Interval
 
 from upstreams.errors import (
     UpstreamConnectError,
@@ -32,20 +35,20 @@ class RetrySpec:
     """``[routes.retry]``; the defaults are what an empty table gives."""
 
     #: Tries in all, the first included (1 = no retries).
-    attempts: int = 2
+    attempts: Annotated[int, Gt(0)] = 2
     #: Failures that are retried: connect_error, reset, timeout, and 5xx statuses.
     retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
     #: Methods that are retried (connect errors are retried for every method).
     methods: tuple[str, ...] = IDEMPOTENT
     #: Back-off before retry n is a random time in [0, min(backoff_max, backoff_base * 2**(n-1))].
-    backoff_base: float = 0.025
-    backoff_max: float = 0.25
+    backoff_base: Annotated[float, Ge(0)] = 0.025
+    backoff_max: Annotated[float, Ge(0)] = 0.25
     #: Seconds each try may take to its response head; 0 leaves it to read_timeout.
-    per_try_timeout: float = 0.0
+    per_try_timeout: Annotated[float, Ge(0)] = 0.0
     #: Retries may add at most this fraction of the route's requests (over 10 s) ...
-    budget: float = 0.2
+    budget: Annotated[float, Interval(ge=0, le=1)] = 0.2
     #: ... plus this many retries per second, so quiet routes can still retry.
-    min_retries_per_second: float = 10.0
+    min_retries_per_second: Annotated[float, Ge(0)] = 10.0
 
 
 #: Without a ``[routes.retry]`` table: only connect failures, once, on another target.

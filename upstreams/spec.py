@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from annotated_types import Ge, Gt
 
 from upstreams.breaker import BreakerSpec
 from upstreams.health import HealthSpec
@@ -15,7 +18,7 @@ class TargetSpec:
     scheme: str
     host: str
     port: int
-    weight: int = 1
+    weight: Annotated[int, Gt(0)] = 1
 
     @property
     def authority(self) -> str:
@@ -34,19 +37,21 @@ class UpstreamSpec:
 
     name: str
     targets: tuple[TargetSpec, ...]
-    max_connections: int = 512
-    keepalive_expiry: float = 30.0
-    connect_timeout: float = 2.0
-    read_timeout: float = 30.0
-    write_timeout: float = 30.0
-    pool_timeout: float = 5.0
+    max_connections: Annotated[int, Gt(0)] = 512
+    #: Seconds an idle pooled connection is kept.
+    keepalive_expiry: Annotated[float, Ge(0)] = 30.0
+    #: Seconds, each.
+    connect_timeout: Annotated[float, Gt(0)] = 2.0
+    read_timeout: Annotated[float, Gt(0)] = 30.0
+    write_timeout: Annotated[float, Gt(0)] = 30.0
+    pool_timeout: Annotated[float, Gt(0)] = 5.0
     http2: bool = False
     #: round_robin, weighted, least_outstanding or hash (docs/resilience.md).
     balancer: str = "round_robin"
     #: What the hash balancer hashes: "client_ip" or "header:NAME" (client_ip if absent).
     hash_on: str = "client_ip"
     #: Requests in flight to this upstream beyond which it answers 503; 0: no cap.
-    max_requests: int = 0
+    max_requests: Annotated[int, Ge(0)] = 0
     #: ``[upstreams.NAME.health]``: active health checks; None: none.
     health: HealthSpec | None = None
     #: ``[upstreams.NAME.breaker]``: passive health (circuit breaker); None: none.

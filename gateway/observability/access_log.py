@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.edge.context import RequestContext
-from gateway.observability.settings import AccessLogSettings
+from gateway.observability.sections import AccessLogSettings
 
 if TYPE_CHECKING:
     from gateway.websocket.relay import Session

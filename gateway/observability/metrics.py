@@ -33,8 +33,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway.edge.context import RequestContext
+from gateway.observability.sections import MetricsSettings
 from gateway.observability.sessions import SessionMetrics
-from gateway.observability.settings import MetricsSettings
 from routes.model import ALL_METHODS
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.edge.context import RequestContext
-from gateway.observability.settings import TracingSettings
+from gateway.observability.sections import TracingSettings
 from gateway.version import __version__
 
 _PROPAGATOR = TraceContextTextMapPropagator()

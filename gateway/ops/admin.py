@@ -34,7 +34,7 @@ from gateway.observability.targets import matches, target_views
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.observability.metrics import GatewayMetrics
-    from gateway.observability.settings import ObservabilitySettings
+    from gateway.observability.sections import ObservabilitySettings
     from gateway.ops.control import Control
     from gateway.state import GatewayState
 

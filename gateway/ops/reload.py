@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, GatewayConfig, Problem, load_config
+from gateway.environment import Environment
 from gateway.state import GatewayState, build_state
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class HotReload:
         """Swap in a snapshot built from the file again; raise :class:`ConfigError` if not."""
         async with self._lock:  # two SIGHUPs in a row: one reload after the other
             old = self._proxy.state
-            config = load_config(old.config.source)
+            config = load_config(old.config.source, environ=Environment.read().variables)
             problems = reload_problems(old.config, config)
             if problems:
                 raise ConfigError(problems)

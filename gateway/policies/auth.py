@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
 
 import jwt
@@ -24,10 +24,7 @@ import jwt
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError
 from gateway.policies.header_rules import safe_value
-from gateway.policies.settings import Consumer, EdgeSettings, JwtProvider
-
-if TYPE_CHECKING:
-    from gateway.config import ConfigReader
+from gateway.policies.shared import Consumer, EdgeSettings, JwtProvider
 
 CONSUMER_HEADER: Final = b"x-consumer-username"
 REALM: Final = 'realm="quartgate"'
@@ -42,38 +39,6 @@ class AuthSettings:
     allow: tuple[str, ...] = ()
     #: Remove the credential (header / query parameter / Authorization) before forwarding.
     hide_credentials: bool = False
-
-
-def parse(reader: ConfigReader, raw: Any, prefix: str) -> AuthSettings | None:
-    table = reader.table(raw, prefix)
-    if table is None:
-        return None
-    d = AuthSettings()
-    settings = AuthSettings(
-        reader.take(table, prefix, "api_key", bool, d.api_key),
-        reader.take(table, prefix, "jwt", str, d.jwt),
-        reader.take(table, prefix, "key_header", str, d.key_header).lower(),
-        reader.take(table, prefix, "key_query", str, d.key_query),
-        tuple(str(a) for a in reader.take(table, prefix, "allow", list, [])),
-        reader.take(table, prefix, "hide_credentials", bool, d.hide_credentials),
-    )
-    reader.leftovers(table, prefix)
-    if not settings.api_key and not settings.jwt:
-        reader.problem(prefix, "enable 'api_key = true' and/or name a provider in 'jwt'")
-    return settings
-
-
-def check_references(
-    reader: ConfigReader, settings: AuthSettings, prefix: str, edge: EdgeSettings
-) -> None:
-    if settings.jwt and settings.jwt not in edge.jwt_providers:
-        reader.problem(f"{prefix}.jwt", f"names unknown [jwt_providers.{settings.jwt}]")
-    if settings.api_key and not any(c.key_hashes for c in edge.consumers.values()):
-        reader.problem(f"{prefix}.api_key", "no [consumers.*] has an api_key_sha256")
-    groups = {g for c in edge.consumers.values() for g in c.groups}
-    for index, name in enumerate(settings.allow):
-        if name not in edge.consumers and name not in groups and not settings.jwt:
-            reader.problem(f"{prefix}.allow[{index}]", f"{name!r} is no consumer or group")
 
 
 class AuthPolicy:

@@ -17,13 +17,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Annotated, Final
+
+from annotated_types import Ge
 
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError, Reply
-
-if TYPE_CHECKING:
-    from gateway.config import ConfigReader
 
 DEFAULT_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 _CORS_RESPONSE: Final = frozenset(
@@ -45,52 +44,14 @@ class CorsSettings:
     allow_headers: tuple[str, ...] = ()
     expose_headers: tuple[str, ...] = ()
     allow_credentials: bool = False
-    max_age: int = 600
+    #: Seconds a browser may cache a preflight's answer.
+    max_age: Annotated[int, Ge(0)] = 600
     #: Whether the route itself serves OPTIONS (a non-preflight OPTIONS is then forwarded).
     route_options: bool = True
 
 
-def parse(reader: ConfigReader, raw: Any, prefix: str) -> CorsSettings | None:
-    table = reader.table(raw, prefix)
-    if table is None:
-        return None
-    origins = reader.take(table, prefix, "allow_origins", list, [])
-    methods = reader.take(table, prefix, "allow_methods", list, list(DEFAULT_METHODS))
-    headers = reader.take(table, prefix, "allow_headers", list, [])
-    expose = reader.take(table, prefix, "expose_headers", list, [])
-    credentials = reader.take(table, prefix, "allow_credentials", bool, False)
-    max_age = reader.take(table, prefix, "max_age", int, 600, _non_negative)
-    reader.leftovers(table, prefix)
-    if not origins:
-        reader.problem(f"{prefix}.allow_origins", "is required (a list of origins, or ['*'])")
-    for index, origin in enumerate(origins):
-        if not isinstance(origin, str) or not _valid_origin(origin):
-            reader.problem(
-                f"{prefix}.allow_origins[{index}]",
-                "must be '*' or scheme://host[:port], with an optional '*.' host prefix",
-            )
-    for key, items in (("allow_methods", methods), ("allow_headers", headers)):
-        for index, item in enumerate(items):
-            if not isinstance(item, str) or not item or "," in item:
-                reader.problem(f"{prefix}.{key}[{index}]", "must be a token")
-    for index, item in enumerate(expose):
-        if not isinstance(item, str) or not item or "," in item:
-            reader.problem(f"{prefix}.expose_headers[{index}]", "must be a header name")
-    return CorsSettings(
-        tuple(str(o).lower() for o in origins),
-        tuple(str(m).upper() for m in methods),
-        tuple(str(h).lower() for h in headers),
-        tuple(str(h) for h in expose),
-        credentials,
-        max_age,
-    )
-
-
-def _non_negative(value: int) -> str | None:
-    return None if value >= 0 else "must not be negative"
-
-
-def _valid_origin(origin: str) -> bool:
+def valid_origin(origin: str) -> bool:
+    """``*``, or ``scheme://host[:port]`` with an optional ``*.`` host prefix."""
     if origin == "*":
         return True
     scheme, sep, rest = origin.partition("://")

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from gateway.edge.context import RequestContext
-
-if TYPE_CHECKING:
-    from gateway.config import ConfigReader
 
 FIXED_PLACEHOLDERS: Final = frozenset({"request_id", "client_ip", "consumer", "route"})
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
@@ -58,53 +55,17 @@ class HeaderRules:
     response: HeaderRuleSet
 
 
-def parse(
-    reader: ConfigReader, raw: Any, prefix: str, params: tuple[str, ...]
-) -> HeaderRules | None:
-    table = reader.table(raw, prefix)
-    if table is None:
-        return None
-    sides = []
-    for side in ("request", "response"):
-        remove = reader.take(table, prefix, f"{side}_remove", list, [])
-        set_ = reader.take(table, prefix, f"{side}_set", dict, {})
-        add = reader.take(table, prefix, f"{side}_add", dict, {})
-        names: list[bytes] = []
-        for index, name in enumerate(remove):
-            if _check_name(reader, f"{prefix}.{side}_remove[{index}]", name):
-                names.append(str(name).lower().encode("ascii"))
-        compiled: dict[str, list[tuple[bytes, Template]]] = {"set": [], "add": []}
-        for kind, mapping in (("set", set_), ("add", add)):
-            for name, value in mapping.items():
-                key = f"{prefix}.{side}_{kind}.{name}"
-                if not _check_name(reader, key, name):
-                    continue
-                if not isinstance(value, str):
-                    reader.problem(key, "must be a string")
-                    continue
-                template = compile_template(reader, key, value, params)
-                if template is not None:
-                    compiled[kind].append((name.lower().encode("ascii"), template))
-        sides.append(
-            HeaderRuleSet(frozenset(names), tuple(compiled["set"]), tuple(compiled["add"]))
-        )
-    reader.leftovers(table, prefix)
-    return HeaderRules(sides[0], sides[1])
-
-
-def _check_name(reader: ConfigReader, key: str, name: Any) -> bool:
+def name_reason(name: Any) -> str | None:
+    """Why ``name`` cannot be a rule's header name, or None."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        reader.problem(key, "must be a header name")
-        return False
+        return "must be a header name"
     if name.lower() in PROTECTED:
-        reader.problem(key, f"{name!r} is set by the gateway and cannot be changed by a rule")
-        return False
-    return True
+        return f"{name!r} is set by the gateway and cannot be changed by a rule"
+    return None
 
 
-def compile_template(
-    reader: ConfigReader, key: str, text: str, params: tuple[str, ...]
-) -> Template | None:
+def compile_template(text: str, params: tuple[str, ...]) -> Template:
+    """``text`` compiled once; ValueError names what is wrong with it."""
     parts: list[bytes | str] = []
     literal = bytearray()
     position = 0
@@ -117,12 +78,10 @@ def compile_template(
             continue
         name = found.group(1)
         if name is None:
-            reader.problem(key, "unbalanced '{' or '}' (write '{{' for a literal brace)")
-            return None
+            raise ValueError("unbalanced '{' or '}' (write '{{' for a literal brace)")
         if name not in FIXED_PLACEHOLDERS and name not in params:
             known = ", ".join(sorted(FIXED_PLACEHOLDERS | set(params)))
-            reader.problem(key, f"unknown placeholder {{{name}}} (known: {known})")
-            return None
+            raise ValueError(f"unknown placeholder {{{name}}} (known: {known})")
         if literal:
             parts.append(bytes(literal))
             literal.clear()
@@ -131,8 +90,7 @@ def compile_template(
     if literal:
         parts.append(bytes(literal))
     if _CONTROL.search(b"".join(p for p in parts if isinstance(p, bytes))):
-        reader.problem(key, "must not contain control characters")
-        return None
+        raise ValueError("must not contain control characters")
     return tuple(parts)
 
 

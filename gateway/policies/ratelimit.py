@@ -23,7 +23,9 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Annotated, Final
+
+from annotated_types import Gt
 
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError
@@ -31,11 +33,10 @@ from gateway.edge.errors import GatewayError
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from gateway.config import ConfigReader
-
 log = logging.getLogger("quartgate")
 
 BACKENDS: Final = ("memory", "redis")
+ON_BACKEND_ERROR: Final = ("allow", "deny")
 #: Buckets kept per route by the memory backend; the least recently used go first.
 MAX_MEMORY_KEYS: Final = 100_000
 LOG_EVERY: Final = 10.0
@@ -70,48 +71,23 @@ return {allowed, string.format('%.6f', tokens)}
 
 @dataclass(frozen=True, slots=True)
 class RateLimitSettings:
-    limit: int
-    period: float = 1.0
+    #: Requests per ``period``: the bucket's size.
+    limit: Annotated[int, Gt(0)]
+    #: Seconds in which the bucket refills completely.
+    period: Annotated[float, Gt(0)] = 1.0
+    #: "ip", "consumer" or "header:<name>".
     key: str = "ip"
+    #: One of :data:`BACKENDS`.
     backend: str = "memory"
+    #: One of :data:`ON_BACKEND_ERROR`.
     on_backend_error: str = "allow"
 
 
-def parse(reader: ConfigReader, raw: Any, prefix: str) -> RateLimitSettings | None:
-    table = reader.table(raw, prefix)
-    if table is None:
-        return None
-    d = RateLimitSettings(0)
-    settings = RateLimitSettings(
-        reader.take(table, prefix, "limit", int, 0, _positive),
-        reader.take(table, prefix, "period", float, d.period, _positive),
-        reader.take(table, prefix, "key", str, d.key, _key),
-        reader.take(table, prefix, "backend", str, d.backend, _one_of(BACKENDS)),
-        reader.take(
-            table, prefix, "on_backend_error", str, d.on_backend_error, _one_of(("allow", "deny"))
-        ),
-    )
-    reader.leftovers(table, prefix)
-    if "limit" not in raw:
-        reader.problem(f"{prefix}.limit", "is required (requests per period)")
-    return settings
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def _key(value: str) -> str | None:
+def key_reason(value: str) -> str | None:
+    """Why ``value`` is no bucket key, or None."""
     if value in ("ip", "consumer") or (value.startswith("header:") and len(value) > 7):
         return None
     return "must be 'ip', 'consumer' or 'header:<name>'"
-
-
-def _one_of(choices: tuple[str, ...]) -> Any:
-    def check(value: str) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(choices)}"
-
-    return check
 
 
 class RateLimitPolicy:

@@ -79,7 +79,7 @@ def reload_command(config_path: str, pid_file: str | None, pid: int | None) -> i
     import sys
 
     try:
-        load_config(config_path)
+        load_config(config_path, environ=Environment.read().variables)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
@@ -234,7 +234,7 @@ class _Supervisor:
 
         path = self.environment.config_path
         try:
-            config = load_config(path)
+            config = load_config(path, environ=self.environment.variables)
             problems = reload_problems(self.running, config) if self.running else []
             if problems:
                 raise ConfigError(problems)

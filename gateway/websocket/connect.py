@@ -24,7 +24,7 @@ from websockets.typing import Origin, Subprotocol
 
 from gateway.edge.errors import GatewayError
 from gateway.edge.headers import HOP_BY_HOP
-from gateway.websocket.settings import WebSocketSettings
+from gateway.websocket.limits import WebSocketSettings
 from upstreams.balancer import Balancer, hash_bytes, make_balancer
 from upstreams.breaker import OPEN
 from upstreams.target import Target

@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.asgi_types import Message, Receive, Send
 from gateway.edge.context import RequestContext
-from gateway.websocket.settings import WebSocketSettings
+from gateway.websocket.limits import WebSocketSettings
 from upstreams.target import Target
 
 log = logging.getLogger("quartgate")

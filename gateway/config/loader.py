@@ -1,0 +1,90 @@
+"""Reading ``gateway.toml`` into one frozen, validated :class:`GatewayConfig`.
+
+Every problem is reported as ``file: key: reason`` and all of them at once, so an operator
+fixes a file in one pass: the schema's (one pydantic pass) and the cross-references'.
+Unknown keys are errors: a misspelt key silently ignored is how a proxy ends up with a
+default nobody chose. The environment is an argument: config never reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tomllib
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.config.model import GatewayConfig
+from gateway.config.problems import ConfigError, Loc, Problem, key_of, reasons
+from gateway.config.references import check_references
+from gateway.config.schema import DOCUMENT
+from gateway.observability.sections import ObservabilitySettings
+from gateway.policies.shared import EdgeSettings
+
+_NO_ENVIRONMENT: Mapping[str, str] = types.MappingProxyType({})
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] = _NO_ENVIRONMENT) -> GatewayConfig:
+    """Read and validate a config file; raise :class:`ConfigError` naming every problem.
+    ``environ``: where ``[admin] token_env`` is looked up (the caller's ``os.environ``)."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([Problem(file, "-", f"cannot read file: {error.strerror}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([Problem(file, "-", f"invalid TOML: {error}")]) from None
+    config = parse_config(data, file, environ=environ)
+    version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return dataclasses.replace(config, version=version)
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    file: str = "<config>",
+    *,
+    environ: Mapping[str, str] = _NO_ENVIRONMENT,
+) -> GatewayConfig:
+    """Validate a parsed TOML document; key files are read relative to ``file``'s folder."""
+    document = _frozen(dict(data))
+    found: list[tuple[Loc, str]] = []
+    context = {"base": Path(file).resolve().parent, "environ": environ}
+    values: dict[str, Any] = {}
+    try:
+        values = DOCUMENT.validate_python(document, context=context)
+    except ValidationError as error:
+        found += reasons(error)
+    found += check_references(document)
+    if not found and not values["routes"]:
+        found.append((("routes",), "at least one [[routes]] entry is required"))
+    if found:
+        raise ConfigError([Problem(file, key_of(loc), reason) for loc, reason in found])
+    routes = values["routes"]
+    return GatewayConfig(
+        file,
+        values["gateway"],
+        values["upstreams"].http,
+        values["upstreams"].apps,
+        tuple(spec for spec, _ in routes),
+        observability=ObservabilitySettings(
+            values["admin"], values["metrics"], values["access_log"], values["tracing"]
+        ),
+        edge=EdgeSettings(values["consumers"], values["jwt_providers"], values["redis"]),
+        server=values["server"],
+        route_policies={spec.name: policies for spec, policies in routes},
+    )
+
+
+def _frozen(value: Any) -> Any:
+    """TOML arrays as tuples: the schema is strict, and its arrays are tuples."""
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _frozen(item) for key, item in value.items()}
+    return value

@@ -1,0 +1,109 @@
+"""What is wrong with a config file, as ``file: key: reason`` lines.
+
+pydantic reports every problem of a document in one pass, each at a location such as
+``("upstreams", "api", "max_connections")``; this module turns each into the line an
+operator reads (``upstreams.api.max_connections: must be an integer, not a string``), in
+the words quartgate has always used rather than pydantic's own. A check pydantic cannot
+declare raises :class:`Invalid`, which may name several reasons at keys below its value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+#: Where a value is in the document: table keys and array indexes.
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.reason}"
+
+
+class ConfigError(Exception):
+    """The config file is invalid; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+class Invalid(ValueError):
+    """Raised by a validator: one or more reasons, each at a key below the value checked
+    (``()`` is the value itself). pydantic keeps the exception in the error's context."""
+
+    def __init__(self, *found: tuple[Loc, str]) -> None:
+        super().__init__("; ".join(reason for _, reason in found))
+        self.found = found
+
+    @classmethod
+    def at(cls, reason: str, *loc: str | int) -> Invalid:
+        return cls((loc, reason))
+
+
+def key_of(loc: Loc) -> str:
+    """``("routes", 0, "path")`` -> ``routes[0].path``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "-"
+
+
+def reasons(error: ValidationError, prefix: Loc = ()) -> list[tuple[Loc, str]]:
+    """Every problem pydantic found, in order, as (location, reason)."""
+    return [found for item in error.errors(include_url=False) for found in _reasons(item, prefix)]
+
+
+def _reasons(item: Any, prefix: Loc) -> Iterator[tuple[Loc, str]]:
+    loc: Loc = prefix + tuple(item["loc"])
+    kind = item["type"]
+    error = (item.get("ctx") or {}).get("error")
+    if isinstance(error, Invalid):
+        for below, reason in error.found:
+            yield loc + below, reason
+    elif kind in _EXPECTED:
+        yield loc, f"must be {_EXPECTED[kind]}, not {kind_of(item['input'])}"
+    elif kind in _REASONS:
+        yield loc, _REASONS[kind]
+    else:  # not expected: pydantic's own words are better than none
+        yield loc, str(item["msg"])
+
+
+#: pydantic's type errors -> what the value must be.
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "a boolean",
+    "tuple_type": "an array",
+    "list_type": "an array",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
+_REASONS = {"missing": "is required", "extra_forbidden": "unknown key"}
+
+
+def kind_of(value: Any) -> str:
+    """A TOML value's kind, in the words of the TOML spec."""
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        tuple: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
