@@ -19,7 +19,7 @@ from gateway.server.tuning import tune_gc
 def build_app(environment: Environment) -> Quart:
     """Logging, the config, its in-process apps, then the app itself."""
     configure_logging()
-    config = load_config(environment.config_path)
+    config = load_config(environment.config_path, environ=environment.variables)
     app = create_app(config, runtime_dir=environment.runtime_dir, apps=load_apps(config))
     if environment.engine == "hypercorn":
         from gateway.server import hypercorn_patches
