@@ -37,32 +37,40 @@ def start(make_gateway: Start, upstream: UpstreamServer, engine: str) -> Iterato
     yield run
 
 
+# Timeouts are proven without measuring the machine: the connection is closed, by the
+# timer the response names, not before the configured time has passed since it opened (a
+# lower bound: a slow machine only adds to it), and within a wait that is far longer than
+# that time yet far shorter than the 75 s keep_alive_timeout that would otherwise close it.
+WAIT = 30.0
+
+
 def test_a_slow_head_gets_408_after_header_timeout(start: Start) -> None:
     gateway = start("keep_alive_timeout = 75.0\n", header_timeout=1.0)
+    opened = time.monotonic()  # before the connection exists: no timer of its starts earlier
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        started = time.monotonic()
         sock.sendall(b"GET /slow HTTP/1.1\r\nhost: gw\r\n")  # never the blank line
-        data = closed_within(sock, 10)
+        data = closed_within(sock, WAIT)
+    closed = time.monotonic()
     assert data is not None and data.startswith(b"HTTP/1.1 408"), data
     assert b"request_header_timeout" in data
-    assert 0.9 < time.monotonic() - started < 5
+    assert closed - opened >= 1.0
 
 
 def test_an_idle_connection_is_closed_after_keep_alive_timeout(start: Start) -> None:
-    gateway = start("keep_alive_timeout = 1.0\n")
+    gateway = start("keep_alive_timeout = 1.0\n")  # header_timeout stays 30 s: not it
+    opened = time.monotonic()
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        started = time.monotonic()
-        data = closed_within(sock, 10)  # sends nothing at all
-    assert data == b""
-    assert 0.9 < time.monotonic() - started < 5
+        data = closed_within(sock, WAIT)  # sends nothing at all
+    closed = time.monotonic()
+    assert data == b"", data  # closed without a response: the idle timer, not a refusal
+    assert closed - opened >= 1.0
 
 
 def test_a_head_still_incomplete_past_the_cap_is_431(start: Start) -> None:
     gateway = start("h11_max_incomplete_size = 4096\n")
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nhost: gw\r\nx-big: " + b"a" * 3000)
-        time.sleep(0.2)
-        sock.sendall(b"a" * 3000)  # 6 KiB and no end of head yet
+        sock.sendall(b"a" * 3000)  # 6 KiB and no end of head yet, however it arrives
         data = closed_within(sock, 10)
     assert data is not None and data.startswith(b"HTTP/1.1 431"), data
 
@@ -92,10 +100,12 @@ def test_garbage_after_a_request_waits_for_its_response(
 ) -> None:
     """The request before the garbage gets its whole response first; the refusal (if any)
     comes after it, then the connection closes, and nothing after the garbage runs."""
-    gateway = start("keep_alive_timeout = 5.0\n")
+    # An unfinished tail is closed by a timer (idle or head), not a refusal: short ones,
+    # so the test does not wait them out; which one closes it does not matter here.
+    gateway = start("keep_alive_timeout = 1.0\n", header_timeout=1.0)
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         sock.sendall(b"GET /first HTTP/1.1\r\nhost: gw\r\n\r\n" + tail)
-        data = closed_within(sock, 10)
+        data = closed_within(sock, WAIT)
     assert data is not None and data.startswith(b"HTTP/1.1 200"), data
     assert b"/first" in data.partition(b"\r\n\r\n")[2]
     assert not any("smuggled" in r.target for r in upstream.requests)

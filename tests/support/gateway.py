@@ -136,6 +136,7 @@ class GatewayProcess:
         workers: int = 1,
         extra_args: tuple[str, ...] = (),
         engine: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         # Bound here and handed to the server (--bind fd://N): the port is never free
@@ -147,6 +148,7 @@ class GatewayProcess:
         self.server_config = server_config
         self.extra_args = extra_args
         self.engine = engine
+        self.env = env or {}  # added to this process's environment for the server's
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -175,7 +177,7 @@ class GatewayProcess:
             *(["--engine", self.engine] if self.engine else []),
             *self.extra_args,
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self._log_file = self.log.open("wb")
         with sock:  # the server has its own copy; ours would keep the port open after it
             self.process = subprocess.Popen(
