@@ -68,22 +68,22 @@ async def test_500_concurrent_sessions_in_bounded_memory(
 async def test_a_drain_closes_open_sessions_with_1001_on_both_sides(
     make_gateway: Callable[..., GatewayProcess], engine: str, upstream: WebSocketUpstream
 ) -> None:
-    gateway = make_gateway(config(upstream), engine=engine)
+    # graceful_timeout an hour: sessions the drain failed to end would hold the exit that
+    # long, so an exit at all shows they ended at once (no clock decides it).
+    server = "graceful_timeout = 3600.0\n"
+    gateway = make_gateway(config(upstream), engine=engine, server_config=server)
     paths = [f"/ws/drain{i}-{engine}/echo" for i in range(3)]
     sessions = [await client(f"ws://127.0.0.1:{gateway.port}{p}") for p in paths]
     for ws in sessions:
         await ws.send("before")
         assert await ws.recv() == "before"
-    started = time.monotonic()
     gateway.signal(signal.SIGTERM)
     closes = await asyncio.gather(*(closed_with(ws) for ws in sessions))
     assert [(c.code, c.reason) for c in closes] == [(1001, "server shutting down")] * 3
     for path in paths:
         assert await upstream.next_close(path) == (1001, "server shutting down")
     assert gateway.process is not None
-    assert await asyncio.to_thread(gateway.process.wait, 15) == 0
-    # Within the drain's linger, not the 10 s graceful timeout: the sessions ended at once.
-    assert time.monotonic() - started < 5
+    assert await asyncio.to_thread(gateway.process.wait, 60) == 0
 
 
 async def test_a_reload_leaves_open_sessions_on_their_snapshot(
