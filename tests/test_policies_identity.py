@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -192,16 +192,4 @@ async def test_header_rules_on_request_and_response(untrusted: httpx.AsyncClient
     assert "x-upstream" not in response.headers
 
 
-async def test_configured_request_id_header_name(
-    upstream: UpstreamServer, make_gateway: Callable[..., GatewayProcess]
-) -> None:
-    text = CONFIG.replace("[gateway]\n", '[gateway]\nrequest_id_header = "x-correlation-id"\n')
-    gateway = make_gateway(text.format(upstream=upstream.url))
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
-        ok = await client.get("/api/c", headers={"x-correlation-id": "corr-1"})
-        assert seen_headers(ok)["x-correlation-id"] == "corr-1"
-        assert ok.headers["x-correlation-id"] == "corr-1"
-        missing = await client.get("/nowhere", headers={"x-correlation-id": "corr-2"})
-        assert missing.status_code == 404
-        assert missing.headers["x-correlation-id"] == "corr-2"
-        assert missing.json()["request_id"] == "corr-2"
+# A configured request_id_header name: tests/test_pipeline_inprocess.py, in process.
