@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from gateway.config import GatewayConfig, RoutePolicies
 from gateway.edge.context import Observer, Policy
 from gateway.edge.headers import TrustedProxies
+from gateway.edge.stages import EdgeStages, build_edge
 from gateway.policies.pipeline import Resources, build_policies
 from gateway.websocket.connect import Connector
 from gateway.websocket.limits import WebSocketSettings
@@ -47,6 +48,8 @@ class GatewayState:
     request_id_header: bytes
     trusted: TrustedProxies
     max_body_size: int
+    #: The edge stages (checks, normalisation, identity), shared by HTTP and WebSocket.
+    edge: EdgeStages
     #: Told about each finished request (access log, metrics); empty means no work.
     observers: tuple[Observer, ...] = field(default=())
     #: What route policies share (a Redis client); closed with the snapshot.
@@ -102,14 +105,16 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
             connector,
         )
     settings = config.gateway
+    trusted = TrustedProxies(settings.trusted_proxies)
     return GatewayState(
         config,
         table,
         runtimes,
         upstreams,
         settings.request_id_header.encode("ascii"),
-        TrustedProxies(settings.trusted_proxies),
+        trusted,
         settings.max_body_size,
+        build_edge(settings, trusted),
         observers=observers,
         resources=resources,
     )

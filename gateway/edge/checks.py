@@ -15,16 +15,25 @@ is always chosen from what the upstream will receive:
 - control characters (0x00-0x1F except HTAB, and 0x7F) in header values, which h11 and
   HTTP/2 let through and an upstream may cut a header at.
 
-Tests: ``tests/test_protocol_client.py`` (raw sockets, a recording upstream).
+:class:`EdgeChecks` is the stage that runs them all, after the header scan
+(gateway/edge/head.py), for HTTP requests and WebSocket handshakes alike.
+
+Tests: ``tests/test_protocol_client.py`` (raw sockets, a recording upstream),
+``tests/test_edge_stages.py`` (the stage alone).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
 
 from gateway.asgi_types import Scope
 from gateway.edge.errors import GatewayError
+from routes.model import ALL_METHODS
+
+if TYPE_CHECKING:
+    from gateway.edge.head import RequestHead
 
 #: Control characters a header value must not carry (HTAB is allowed).
 CTL_IN_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
@@ -86,3 +95,78 @@ def check_upgrade(scope: Scope, route: str) -> None:
                 f"route {route!r} does not proxy WebSocket connections",
                 [CLOSE] if scope.get("http_version") != "2" else [],
             )
+
+
+def _handshake_refusal(scope: Scope, detail: str) -> GatewayError:
+    """A handshake's refusal is an HTTP response to the upgrade; the server decides
+    whether the connection stays."""
+    return GatewayError(400, "bad_request", detail)
+
+
+class EdgeChecks:
+    """The edge-check stage: header limits, method, body framing, request-target, control
+    characters, one Host. Built once per snapshot, once for HTTP requests and once for
+    WebSocket handshakes, which differ only in wording and in what follows (a handshake
+    carries no body at all: its own check, after these)."""
+
+    __slots__ = ("_framing", "_max_count", "_max_size", "_refuse", "_too_large", "_too_many")
+
+    def __init__(
+        self,
+        max_header_count: int,
+        max_header_size: int,
+        *,
+        too_many: str,
+        too_large: str,
+        framing: bool,
+        refuse: Callable[[Scope, str], GatewayError],
+    ) -> None:
+        self._max_count = max_header_count
+        self._max_size = max_header_size
+        self._too_many = too_many
+        self._too_large = too_large
+        self._framing = framing
+        self._refuse = refuse
+
+    @classmethod
+    def for_requests(cls, max_header_count: int, max_header_size: int) -> EdgeChecks:
+        return cls(
+            max_header_count,
+            max_header_size,
+            too_many=f"more than {max_header_count} headers",
+            too_large=f"headers over {max_header_size} bytes",
+            framing=True,
+            refuse=bad_request,
+        )
+
+    @classmethod
+    def for_handshakes(cls, max_header_count: int, max_header_size: int) -> EdgeChecks:
+        return cls(
+            max_header_count,
+            max_header_size,
+            too_many="too many headers",
+            too_large="headers too large",
+            framing=False,
+            refuse=_handshake_refusal,
+        )
+
+    def check(self, scope: Scope, head: RequestHead) -> None:
+        """Refuse (raise :class:`GatewayError`) what could be read two ways; nothing after
+        this stage may act on an ambiguous request."""
+        if len(scope["headers"]) > self._max_count:
+            raise GatewayError(431, "too_many_headers", self._too_many)
+        if head.size > self._max_size:
+            raise GatewayError(431, "headers_too_large", self._too_large)
+        if scope["method"] not in ALL_METHODS:
+            raise GatewayError(
+                501, "method_not_implemented", f"method {scope['method']} is not supported"
+            )
+        if self._framing and (
+            head.content_length is not None or head.transfer_encoding is not None
+        ):
+            check_framing(scope, head.content_length, head.transfer_encoding)
+        check_target(scope)
+        if head.control_character:
+            raise self._refuse(scope, "control character in a header value")
+        if head.duplicate_host:
+            raise self._refuse(scope, "more than one Host header")

@@ -17,6 +17,8 @@ Hypercorn decoded it and forwarded byte-exact. Anything else takes the slow path
 
 When normalisation changed the path, the normalised path is what is forwarded (as Envoy
 does), re-encoded, so the upstream acts on exactly the path the route was chosen for.
+
+:class:`Normaliser` is the stage (gateway/pipeline/, gateway/websocket/handshake.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Final
 from urllib.parse import quote
 
 from gateway.asgi_types import Scope
+from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError
 
 ESCAPED_SLASH_ACTIONS: Final = ("keep", "reject")
@@ -153,3 +156,26 @@ def normalize_scope(scope: Scope, host: bytes, escaped_slashes: str) -> bytes:
     scope["path"] = match
     scope["raw_path"] = forward
     return host
+
+
+class Normaliser:
+    """The normalisation stage, built once per snapshot (``[gateway] escaped_slashes``)."""
+
+    __slots__ = ("_escaped_slashes",)
+
+    def __init__(self, escaped_slashes: str) -> None:
+        self._escaped_slashes = escaped_slashes
+
+    def normalise(self, ctx: RequestContext) -> None:
+        """Normalise the path in place when it needs it; the Host may change with it."""
+        scope = ctx.scope
+        raw_path = scope["raw_path"]
+        # needs_normalizing(), inlined: the common request pays one call for this stage.
+        if (
+            raw_path[:1] != b"/"
+            or b"%" in raw_path
+            or b"//" in raw_path
+            or b"/." in raw_path
+            or b"\\" in raw_path
+        ):
+            ctx.host = normalize_scope(scope, ctx.host, self._escaped_slashes)

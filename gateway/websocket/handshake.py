@@ -1,11 +1,13 @@
 """A client's WebSocket handshake, from the first ASGI message to an open session.
 
-The same edge as an HTTP request (gateway/proxy.py): header limits, control characters,
-path normalisation, trusted forwarding, traceparent, the route match (as a GET), then the
-route's policies. Refusals are HTTP responses with the gateway's JSON body and the
-policy's status, sent with the ``websocket.http.response`` extension (both engines have
-it), never a 101. Only then is the upstream connected; the client is accepted with the
-upstream's subprotocol and headers once the upstream has accepted.
+The same edge stages as an HTTP request (gateway/pipeline/), built with the snapshot: the
+header scan, the edge checks (header limits, target, control characters, one Host; in the
+handshake's wording), path normalisation, identity (trusted forwarding, traceparent); then
+the handshake's own rules: no body, the route match (as a GET), the route's policies.
+Refusals are HTTP responses with the gateway's JSON body and the policy's status, sent with
+the ``websocket.http.response`` extension (both engines have it), never a 101. Only then
+is the upstream connected; the client is accepted with the upstream's subprotocol and
+headers once the upstream has accepted.
 """
 
 from __future__ import annotations
@@ -16,14 +18,11 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Final
 
 from gateway.asgi_types import Message, Receive, Scope, Send
-from gateway.edge.checks import CTL_IN_VALUE, check_target
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError, Reply, error_body
-from gateway.edge.forwarding import FORWARD_DROP, resolve, untrusted_headers
+from gateway.edge.forwarding import FORWARD_DROP, untrusted_headers
+from gateway.edge.head import RequestHead
 from gateway.edge.headers import connection_tokens, match_host
-from gateway.edge.normalize import needs_normalizing, normalize_scope
-from gateway.edge.request_id import new_request_id, valid_request_id
-from gateway.edge.traceparent import next_hop
 from gateway.policies.cors import CorsPolicy
 from gateway.websocket.connect import Refused, accept_headers
 from gateway.websocket.relay import Session
@@ -33,7 +32,8 @@ from routes.matching import MatchKind
 if TYPE_CHECKING:
     from gateway.state import GatewayState, RouteRuntime
 
-#: ``Proxy._to_app``: hands a request or a session to an in-process app.
+#: ``InProcessDispatch.to_app`` (gateway/pipeline/inprocess_dispatch.py): hands a request
+#: or a session to an in-process app.
 ToApp = Callable[["RouteRuntime", RequestContext, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("quartgate")
@@ -67,64 +67,26 @@ class WebSocketProxy:
         if message["type"] != "websocket.connect":
             return
         request_id_header = state.request_id_header
-        host = b""
-        request_id: bytes | None = None
-        traceparent: bytes | None = None
-        origin: bytes | None = None
-        connection: bytes | None = None
-        control_character = duplicate_host = host_seen = has_body = False
-        for name, value in scope["headers"]:
-            if CTL_IN_VALUE(value) is not None:
-                control_character = True
-            if name == b"host":
-                duplicate_host = duplicate_host or host_seen
-                host_seen = True
-                host = value
-            elif name == request_id_header:
-                request_id = value
-            elif name == b"traceparent":
-                traceparent = value
-            elif name == b"origin":
-                origin = value
-            elif name == b"connection":
-                connection = value
-            elif name in (b"content-length", b"transfer-encoding"):
-                has_body = True
-        if request_id is None or not valid_request_id(request_id):
-            request_id = new_request_id()
+        head = RequestHead(scope["headers"], request_id_header)
+        request_id = head.request_id
+        connection = head.connection
         # Policies and observers read an HTTP-like scope: the handshake is a GET.
         view = dict(scope)
         view["method"] = "GET"
-        ctx = RequestContext(view, request_id, host, perf_counter())
+        ctx = RequestContext(view, request_id, head.host, perf_counter())
         session: Session | None = None
+        origin: bytes | None = None
         try:
-            settings = state.config.gateway
-            headers = view["headers"]
-            if len(headers) > settings.max_header_count:
-                raise GatewayError(431, "too_many_headers", "too many headers")
-            if sum([len(n) + len(v) for n, v in headers]) > settings.max_header_size:
-                raise GatewayError(431, "headers_too_large", "headers too large")
-            check_target(view)
-            if control_character:
-                raise GatewayError(400, "bad_request", "control character in a header value")
-            if duplicate_host:
-                raise GatewayError(400, "bad_request", "more than one Host header")
-            if has_body:
+            edge = state.edge
+            edge.handshakes.check(view, head)
+            if head.content_length is not None or head.transfer_encoding is not None:
                 # RFC 6455 4.1: the handshake is a GET; bytes after it before the 101 would
                 # be read as frames by one hop and as a body by another.
                 raise GatewayError(400, "bad_request", "a WebSocket handshake carries no body")
-            if needs_normalizing(view["raw_path"]):
-                host = ctx.host = normalize_scope(view, host, settings.escaped_slashes)
-            if state.trusted and state.trusted.trusts(ctx.client_ip):
-                scheme = "https" if view.get("scheme") == "wss" else "http"
-                found = resolve(view["headers"], ctx.client_ip, scheme, host, state.trusted)
-                ctx.client_ip = found.client_ip
-                ctx.forwarding = found.headers
-            if traceparent is not None or settings.traceparent == "start":
-                ctx.traceparent, keep_state = next_hop(traceparent, settings.traceparent)
-                if not keep_state:
-                    view["headers"] = [h for h in view["headers"] if h[0] != b"tracestate"]
-            match = state.table.match(match_host(host), view["path"], "GET")
+            edge.normaliser.normalise(ctx)
+            scheme = "https" if view.get("scheme") == "wss" else "http"
+            edge.identity.identify(ctx, head.traceparent, scheme)
+            match = state.table.match(match_host(ctx.host), view["path"], "GET")
             if match.kind is not MatchKind.FULL or match.route is None:
                 if match.kind is MatchKind.PARTIAL:
                     raise GatewayError(405, "method_not_allowed", "GET is not allowed here")
@@ -139,6 +101,9 @@ class WebSocketProxy:
                     "websocket_not_supported",
                     f"route {route.name!r} does not proxy WebSocket connections",
                 )
+            for name, value in view["headers"]:  # a WebSocket's own header: not in the scan
+                if name == b"origin":
+                    origin = value
             for policy in runtime.policies:
                 await policy.on_request(ctx)
                 # Browsers apply no CORS to WebSockets: the origin check is the gateway's.

@@ -1,0 +1,143 @@
+"""Dispatch to an in-process app (gateway/inprocess.py, docs/in-process-apps.md): a
+blueprint through the gateway's Quart app under its internal mount; an ASGI or WSGI app
+called directly, with ``root_path`` set to the stripped prefix so that it generates correct
+URLs. HTTP requests and WebSocket sessions both come here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.asgi_types import ASGIApp, Message, Receive, Send
+from gateway.edge.context import RequestContext
+from gateway.edge.errors import ClientDisconnected, GatewayError
+from gateway.inprocess import (
+    InProcessApp,
+    Lifespans,
+    declared_too_large,
+    limited_receive,
+    mount_point,
+)
+from gateway.state import RouteRuntime
+
+log = logging.getLogger("quartgate")
+
+
+class InProcessApps:
+    """The worker's in-process apps by upstream name (filled by ``create_app``) and their
+    lifespans: one per worker, kept across snapshots (a reload changes routes, not apps)."""
+
+    __slots__ = ("_lifespans", "app", "by_name")
+
+    def __init__(self, app: ASGIApp) -> None:
+        #: The gateway's Quart app: blueprints are served by it, under their mount.
+        self.app = app
+        self.by_name: dict[str, InProcessApp] = {}
+        self._lifespans: Lifespans | None = None
+
+    @property
+    def lifespans(self) -> Lifespans:
+        """The ASGI lifespans of in-process ASGI apps (their state goes into each scope),
+        made on first use: ``by_name`` is filled after the proxy is built."""
+        if self._lifespans is None:
+            self._lifespans = Lifespans(list(self.by_name.values()))
+        return self._lifespans
+
+
+class InProcessDispatch:
+    """The dispatch stage for routes served in process, built once per snapshot."""
+
+    __slots__ = ("_apps", "_id_header", "_max_body")
+
+    def __init__(self, apps: InProcessApps, request_id_header: bytes, max_body_size: int) -> None:
+        self._apps = apps
+        self._id_header = request_id_header
+        self._max_body = max_body_size
+
+    async def to_app(
+        self, runtime: RouteRuntime, ctx: RequestContext, receive: Receive, send: Send
+    ) -> None:
+        scope = ctx.scope
+        request_id = ctx.request_id
+        ctx.upstream = name = runtime.route.spec.upstream
+        app = self._apps.by_name.get(name)
+        header = self._id_header
+        headers = [(n, v) for n, v in scope["headers"] if n != header]
+        headers.append((header, request_id))
+        inner = dict(scope)
+        inner["headers"] = headers
+        websocket = scope["type"] == "websocket"
+        if websocket:
+            del inner["method"]  # the handshake's GET was for the gateway's policies only
+        call: ASGIApp
+        if app is None or app.asgi is None:  # a blueprint, mounted in the Quart app
+            path = scope["path"]
+            raw_path = scope["raw_path"]
+            if runtime.strip_prefix:
+                raw_path = runtime.route.rewrite(raw_path)
+                path = runtime.route.rewrite(path.encode("utf-8")).decode("utf-8")
+            mount = runtime.mount
+            inner["path"] = mount + path
+            inner["raw_path"] = mount.encode("ascii") + raw_path
+            call = self._apps.app
+        else:
+            if runtime.strip_prefix:
+                prefix = mount_point(scope["path"], runtime.route.segments)
+                inner["root_path"] = scope.get("root_path", "") + prefix
+            lifespan = self._apps.lifespans.states.get(name)
+            if lifespan is not None:
+                inner["state"] = dict(lifespan)
+            call = app.asgi
+            if not websocket:
+                limit = self._max_body
+                declared = declared_too_large(headers, limit)
+                if declared is not None:
+                    detail = f"request body of {declared} bytes exceeds {limit}"
+                    raise GatewayError(413, "payload_too_large", detail)
+                receive = limited_receive(receive, limit, ctx)
+
+        policies = runtime.policies
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            kind = message["type"]
+            if ctx.error == "payload_too_large" and not started:
+                # The body was cut at max_body_size and the app was told the client left;
+                # a WSGI adapter reads that as the end of the body, and the app would answer
+                # as if the upload were whole. Its answer is dropped: the client gets 413.
+                return
+            if kind in ("http.response.start", "websocket.accept"):
+                started = True
+                message = dict(message)
+                headers = [*message.get("headers", ()), (header, request_id)]
+                headers += ctx.response_headers
+                for policy in policies:
+                    policy.on_response(ctx, headers)
+                message["headers"] = headers
+                ctx.status = message.get("status", 101)
+            elif kind == "http.response.body":
+                ctx.bytes_out += len(message.get("body", b""))
+            elif kind == "websocket.http.response.start":
+                started = True
+                ctx.status = message["status"]
+            await send(message)
+
+        if app is None or app.asgi is None:
+            await call(inner, receive, send_with_id)
+            return
+        try:
+            await call(inner, receive, send_with_id)
+        except (GatewayError, ClientDisconnected, asyncio.CancelledError):
+            raise
+        except Exception as error:  # the app's bug: logged with its traceback, answered 500
+            log.exception(
+                "in-process app %r failed on %s", name, scope["path"],
+                extra={"request_id": request_id.decode("ascii")},
+            )  # fmt: skip
+            if started or websocket:
+                return
+            raise GatewayError(500, "app_error", f"in-process app {name!r} failed") from error
+        if not started and ctx.error == "payload_too_large":
+            limit = self._max_body
+            raise GatewayError(413, "payload_too_large", f"request body exceeds {limit} bytes")

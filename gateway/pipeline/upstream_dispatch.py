@@ -1,0 +1,191 @@
+"""Dispatch to a network upstream: the upstream request (headers, target, body), the
+exchange with the upstream's pool, and the response streamed back to the client.
+
+The walk: build the upstream header list in one comprehension, read a small body whole
+(replayable) or stream a large one, ``await upstream.send()``, then pass the response on
+piece by piece. A client that leaves meanwhile is noticed by a :class:`DisconnectWatch`
+started by a timer, so the common fast request pays a timer, not a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from time import perf_counter
+
+from gateway.asgi_types import Receive, Send
+from gateway.edge.checks import check_upgrade
+from gateway.edge.context import RequestContext
+from gateway.edge.errors import ClientDisconnected, GatewayError, from_upstream
+from gateway.edge.forwarding import FORWARD_DROP, untrusted_headers
+from gateway.edge.head import RequestHead
+from gateway.edge.headers import connection_tokens, filter_response_headers
+from gateway.pipeline.disconnect_watch import WATCH_AFTER, DisconnectWatch
+from gateway.pipeline.request_body import BUFFER_LIMIT, read_all, stream_request, timed
+from gateway.state import RouteRuntime
+from upstreams.errors import UpstreamError
+from upstreams.messages import UpstreamRequest, UpstreamResponse
+
+log = logging.getLogger("quartgate")
+
+
+class UpstreamDispatch:
+    """The dispatch stage for routes served by an :class:`upstreams.upstream.Upstream`,
+    built once per snapshot."""
+
+    __slots__ = ("_body_timeout", "_id_header", "_max_body")
+
+    def __init__(self, request_id_header: bytes, max_body_size: int, body_timeout: float) -> None:
+        self._id_header = request_id_header
+        self._max_body = max_body_size
+        self._body_timeout = body_timeout
+
+    async def forward(
+        self,
+        runtime: RouteRuntime,
+        ctx: RequestContext,
+        head: RequestHead,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        upstream = runtime.upstream
+        assert upstream is not None
+        scope = ctx.scope
+        host = ctx.host
+        connection = head.connection
+        if connection is not None and b"upgrade" in connection.lower():
+            check_upgrade(scope, runtime.route.name)
+        # -- headers ---------------------------------------------------------------------
+        drop = FORWARD_DROP | connection_tokens(connection) if connection else FORWARD_DROP
+        request_id_header = self._id_header
+        headers = [(n, v) for n, v in scope["headers"] if n not in drop and n != request_id_header]
+        headers.append((request_id_header, ctx.request_id))
+        # Believed from a trusted proxy (gateway/edge/forwarding.py), else what the gateway saw.
+        headers += ctx.forwarding or untrusted_headers(ctx.client_ip, scope["scheme"], host)
+        if ctx.traceparent is not None:
+            headers.append((b"traceparent", ctx.traceparent))
+        raw_path = scope["raw_path"]
+        target = runtime.route.rewrite(raw_path) if runtime.strip_prefix else raw_path
+        query = scope["query_string"]
+        if query:
+            target = target + b"?" + query
+        # -- body ------------------------------------------------------------------------
+        max_body = self._max_body
+        content_length = head.content_length
+        declared = int(content_length) if content_length is not None else None
+        if max_body and declared is not None and declared > max_body:
+            raise GatewayError(
+                413, "payload_too_large", f"request body of {declared} bytes exceeds {max_body}"
+            )
+        body_receive = receive
+        body_timeout = self._body_timeout
+        if body_timeout and (declared or head.transfer_encoding is not None):
+            body_receive = timed(receive, body_timeout)  # a slow body is cut off (408)
+        message = await body_receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        first = message.get("body", b"")
+        body: bytes | AsyncIterator[bytes]
+        if not message.get("more_body", False):
+            if max_body and len(first) > max_body:  # a chunked body that arrived whole
+                raise GatewayError(
+                    413, "payload_too_large", f"request body exceeds {max_body} bytes"
+                )
+            body = first
+            ctx.bytes_in = len(first)
+            length: int | None = ctx.bytes_in
+        elif declared is not None and declared <= BUFFER_LIMIT:
+            body = await read_all(body_receive, first, declared)
+            ctx.bytes_in = len(body)
+            length = ctx.bytes_in
+        else:
+            body = stream_request(body_receive, first, max_body, ctx)
+            length = declared
+        request = UpstreamRequest(
+            scope["method"].encode("ascii"),
+            target,
+            headers,
+            body,
+            length,
+            host if runtime.preserve_host else None,
+            policy=runtime.retry,
+            client=ctx.client_ip,
+        )
+        # -- exchange ----------------------------------------------------------------------
+        loop = asyncio.get_running_loop()
+        watch = DisconnectWatch(receive, body_done=isinstance(body, bytes))
+        timer = loop.call_later(WATCH_AFTER, watch.start)
+        ctx.upstream = upstream.name
+        ctx.upstream_start = perf_counter()
+        try:
+            try:
+                response = await upstream.send(request)
+            except UpstreamError as error:
+                ctx.retries = error.retries
+                raise from_upstream(error, upstream.name) from None
+            finally:
+                ctx.upstream_time = perf_counter() - ctx.upstream_start
+            ctx.retries = response.retries
+            ctx.upstream_target = response.sent_to
+            await self._respond(response, send, runtime, ctx)
+        except asyncio.CancelledError:
+            if watch.disconnected:
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                raise ClientDisconnected from None
+            raise
+        finally:
+            timer.cancel()
+            watch.stop()
+
+    async def _respond(
+        self,
+        response: UpstreamResponse,
+        send: Send,
+        runtime: RouteRuntime,
+        ctx: RequestContext,
+    ) -> None:
+        headers = filter_response_headers(response.headers)
+        headers.append((self._id_header, ctx.request_id))
+        if ctx.response_headers:
+            headers += ctx.response_headers
+        for policy in runtime.policies:
+            policy.on_response(ctx, headers)
+        ctx.status = response.status
+        start = {"type": "http.response.start", "status": response.status, "headers": headers}
+        if response.complete:
+            await send(start)
+            ctx.bytes_out = len(response.first)
+            await send({"type": "http.response.body", "body": response.first})
+            return
+        sent = 0
+        try:
+            # Inside the try: a client gone before the head still returns the connection.
+            await send(start)
+            if response.first:
+                sent = len(response.first)
+                await send(
+                    {"type": "http.response.body", "body": response.first, "more_body": True}
+                )
+            async for chunk in response.body:
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as error:
+            # The head is gone already: end the connection without finishing the body, so the
+            # client sees a truncated message, never one that looks complete.
+            ctx.error = "upstream_reset_mid_body"
+            log.warning(
+                "%s %s: upstream %r failed mid-body: %s; aborting client connection",
+                ctx.scope["method"],
+                ctx.scope["path"],
+                ctx.upstream,
+                error,
+                extra={"request_id": ctx.request_id.decode("ascii")},
+            )
+            return
+        finally:
+            ctx.bytes_out = sent
+            await response.aclose()
+        await send({"type": "http.response.body", "body": b""})
