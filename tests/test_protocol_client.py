@@ -152,8 +152,12 @@ def test_a_fragment_never_reaches_an_upstream_nor_bypasses_a_route(
     before the app sees the request, so the gateway routes ``/secret`` and its auth applies.
     """
     gateway, upstream = recorded
+    # Under uvicorn the connection stays open after the answer (only its status matters):
+    # the client closes it rather than waiting for a close that is not coming.
+    close = b"" if engine == "hypercorn" else b"connection: close\r\n"
     for target in (b"/secret#x", b"/a?b#c", b"/secret#/../a"):
-        data, closed = exchange(gateway.port, b"GET %b HTTP/1.1\r\nhost: gw\r\n\r\n" % target)
+        request = b"GET %b HTTP/1.1\r\nhost: gw\r\n%b\r\n" % (target, close)
+        data, closed = exchange(gateway.port, request)
         response = parse_response(data)
         if engine == "hypercorn":
             assert response.status == 400 and b"fragment" in response.body and closed
