@@ -35,8 +35,6 @@ from routes.model import ALL_METHODS
 if TYPE_CHECKING:
     from gateway.edge.head import RequestHead
 
-#: Control characters a header value must not carry (HTAB is allowed).
-CTL_IN_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 #: A request-target's path and query on the wire: visible ASCII except "#".
 _TARGET_BYTES: Final = re.compile(rb"[!-\"$-~]*").fullmatch
 

@@ -7,8 +7,14 @@ WebSocket handshakes share it (gateway/pipeline/, gateway/websocket/handshake.py
 
 from __future__ import annotations
 
-from gateway.edge.checks import CTL_IN_VALUE
+import re
+from typing import Final
+
 from gateway.edge.request_id import new_request_id, valid_request_id
+
+#: Control characters a header value must not carry (HTAB is allowed): seen here, refused
+#: by the edge checks (gateway/edge/checks.py).
+CTL_IN_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 
 Headers = list[tuple[bytes, bytes]]
 
