@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.app import create_app
 from gateway.config import load_config
+from gateway.inprocess import load_apps
 
 BLUEPRINT = """
 import asyncio
@@ -42,7 +43,8 @@ def build(tmp_path: Path) -> Any:
     config.write_text(
         '[upstreams.slow]\napp = "slow_app:blueprint"\n[[routes]]\npath = "/"\nupstream = "slow"\n'
     )
-    return create_app(load_config(config))
+    loaded = load_config(config)
+    return create_app(loaded, apps=load_apps(loaded))
 
 
 async def call(app: Any, method: str, path: str) -> list[dict[str, Any]]:
