@@ -25,13 +25,15 @@ def create_app(
     config: GatewayConfig,
     runtime_dir: str | None = None,
     apps: Mapping[str, InProcessApp] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Quart:
     """A Quart app whose proxied routes are served by the :class:`Proxy` layer in front.
 
     ``runtime_dir`` is where the workers of one ``quartgate serve`` share operator
     decisions (drains, reloads); None for a single worker. ``apps`` are the config's
     in-process upstreams, imported by the caller (``gateway.inprocess.load_apps``): each
-    ``[upstreams.X] app`` needs its entry.
+    ``[upstreams.X] app`` needs its entry. ``environ`` holds the variables a reloaded
+    config may name (``[admin] token_env``); the app never reads the process environment.
     """
     apps = dict(apps or {})
     missing = sorted(set(config.app_upstreams) - set(apps))
@@ -81,7 +83,7 @@ def create_app(
     app.extensions["quartgate.going_away"] = proxy.websockets.sessions.going_away
     hypercorn_close.install()  # the client's close code reaches the app (Hypercorn 0.18)
     # Hot reload (docs/reload.md): SIGHUP, `quartgate reload`, or the admin API.
-    reloader = HotReload(proxy)
+    reloader = HotReload(proxy, environ or {})
     reloader.prepare.append(observability.apply_control)
     observability.reloader = reloader.reload
     reloader.on_signal = observability.reload_counted  # counted in the reload metrics

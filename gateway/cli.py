@@ -45,15 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     routes.add_argument("-c", "--config", default="gateway.toml")
 
     args = parser.parse_args(argv)
+    environment = Environment.read()  # once, here; what needs it is handed it
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, environment)
     if args.command == "reload":
         from gateway.server.supervisor import reload_command
 
-        return reload_command(args.config, args.pid_file, args.pid)
+        return reload_command(args.config, args.pid_file, args.pid, environment.variables)
     kinds: dict[str, str] = {}
     try:
-        config = load_config(args.config, environ=Environment.read().variables)
+        config = load_config(args.config, environ=environment.variables)
         if args.command == "check":
             kinds = import_apps(config)
     except ConfigError as error:
@@ -123,13 +124,11 @@ def route_table(config: GatewayConfig) -> str:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from gateway.environment import Environment
+def _serve(args: argparse.Namespace, environment: Environment) -> int:
     from gateway.observability.serving import add_admin_bind, shared_runtime
     from gateway.server.hypercorn_toml import load_server_config
     from gateway.server.supervisor import missing_packages, serve
 
-    environment = Environment.read()  # once, here; the workers are handed what they need
     config_path = Path(args.config).resolve()
     server_path = args.server_config
     if server_path is None and Path("hypercorn.toml").exists():

@@ -13,11 +13,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, GatewayConfig, Problem, load_config
-from gateway.environment import Environment
 from gateway.state import GatewayState, build_state
 
 if TYPE_CHECKING:
@@ -46,8 +45,10 @@ def reload_problems(old: GatewayConfig, new: GatewayConfig) -> list[Problem]:
 class HotReload:
     """Reloads one app's :class:`Proxy` snapshot from its config file."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, environ: Mapping[str, str]) -> None:
         self._proxy = proxy
+        #: The variables a config may name (``[admin] token_env``), as the app was given.
+        self._environ = environ
         #: Called with each new snapshot before it is swapped in (operator drains, ...).
         self.prepare: list[Callable[[GatewayState], None]] = []
         #: What a SIGHUP runs; the admin layer may wrap :meth:`reload` to count results.
@@ -59,7 +60,7 @@ class HotReload:
         """Swap in a snapshot built from the file again; raise :class:`ConfigError` if not."""
         async with self._lock:  # two SIGHUPs in a row: one reload after the other
             old = self._proxy.state
-            config = load_config(old.config.source, environ=Environment.read().variables)
+            config = load_config(old.config.source, environ=self._environ)
             problems = reload_problems(old.config, config)
             if problems:
                 raise ConfigError(problems)

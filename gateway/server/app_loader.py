@@ -20,7 +20,12 @@ def build_app(environment: Environment) -> Quart:
     """Logging, the config, its in-process apps, then the app itself."""
     configure_logging()
     config = load_config(environment.config_path, environ=environment.variables)
-    app = create_app(config, runtime_dir=environment.runtime_dir, apps=load_apps(config))
+    app = create_app(
+        config,
+        runtime_dir=environment.runtime_dir,
+        apps=load_apps(config),
+        environ=environment.variables,
+    )
     if environment.engine == "hypercorn":
         from gateway.server import hypercorn_patches
 

@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from multiprocessing.connection import wait
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -74,12 +75,12 @@ def serve(
             os.unlink(config.pid_path)
 
 
-def reload_command(config_path: str, pid_file: str | None, pid: int | None) -> int:
+def reload_command(
+    config_path: str, pid_file: str | None, pid: int | None, environ: Mapping[str, str]
+) -> int:
     """``quartgate reload``: refuse a bad file here, with its reasons; else SIGHUP the server."""
-    import sys
-
     try:
-        load_config(config_path, environ=Environment.read().variables)
+        load_config(config_path, environ=environ)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
