@@ -4,15 +4,20 @@ gateway, with upstreams that are killed, slowed, reset and restarted during the 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.faulty import FaultyUpstream
 from tests.support.gateway import GatewayProcess
+from tests.support.observability import Admin, value
+from tests.support.observability import wait_until as wait_for
+from tests.test_access_log import access_log, read_lines
 
 Start = Callable[..., GatewayProcess]
 
@@ -242,6 +247,29 @@ retry_on = ["503"]
         a.status = 502  # not in this route's retry_on: passed through as the upstream said
         answers = [(await client.get("/api/x")).status_code for _ in range(2)]
         assert sorted(answers) == [200, 502]
+
+
+async def test_retries_and_the_target_that_answered_reach_the_access_log_and_metrics(
+    make_gateway: Start, faulty: Callable[[str], FaultyUpstream], tmp_path: Path
+) -> None:
+    # The upstream layer reports them on the response (or on the error), not on the request.
+    a, b = faulty("a"), faulty("b")
+    log = tmp_path / "access.log"
+    admin = Admin()
+    route = "[routes.retry]\nattempts = 3\nbackoff_base = 0\n"
+    gateway = make_gateway(admin.section() + access_log(log) + config(a, b, route=route))
+    a.mode = "reset"
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        assert await served_by(client, 2) == ["b", "b"]  # the one that started on a: retried
+        b.mode = "reset"
+        assert (await client.get("/api/x")).status_code == 502  # three tries: two retries
+    answered, other, failed = (json.loads(line) for line in read_lines(log, 3))
+    assert sorted([answered["retries"], other["retries"]]) == [0, 1]
+    assert answered["upstream_target"] == other["upstream_target"] == b.url
+    assert failed["retries"] == 2
+    assert failed["upstream_target"] == ""  # a failure names no target, as before
+    retries = "quartgate_upstream_retries_total"
+    wait_for(lambda: value(admin.scrape(), retries, route="api", upstream="api") == 3)
 
 
 async def test_retry_budget_caps_retries(
