@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import httpx
 
@@ -22,8 +21,6 @@ from upstreams.pool import ConnectionPool
 from upstreams.sender import Sender, Sending
 from upstreams.spec import UpstreamSpec
 from upstreams.target import Target
-
-log = logging.getLogger("quartgate.upstreams")
 
 
 class Upstream:
