@@ -161,6 +161,20 @@ async def test_capping_releases_when_the_request_is_cancelled() -> None:
     assert cap.in_flight == 0
 
 
+async def test_a_request_the_cap_refuses_still_counts_in_its_route_retry_budget() -> None:
+    # budget 0.5, no floor: one retry is allowed per two requests of the route
+    policy = RetryPolicy(RetrySpec(budget=0.5, min_retries_per_second=0.0))
+    budget = policy.budget
+    assert budget is not None
+    cap = over(Capping("u", 1), Scripted(200))
+    held = await cap.send(get(policy))  # holds the one slot (Retrying counts this request)
+    budget.request(asyncio.get_running_loop().time())
+    with pytest.raises(UpstreamOverloaded):
+        await cap.send(get(policy))  # refused: still one of the route's requests
+    assert budget.try_retry(asyncio.get_running_loop().time())  # 1 <= 0.5 * 2
+    await held.aclose()
+
+
 # ---- counting ------------------------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ until its response body has ended, so the cap bounds what the upstream is really
 
 from __future__ import annotations
 
+import asyncio
+
 from upstreams.errors import UpstreamOverloaded
 from upstreams.layers.release import release_on_close
 from upstreams.messages import UpstreamRequest, UpstreamResponse
@@ -25,6 +27,11 @@ class Capping:
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         if self.in_flight >= self._max:
+            policy = request.policy
+            if policy is not None and policy.budget is not None:
+                # A refused request still counts as a request of its route's retry budget,
+                # as every request does (the budget's ratio is of requests, not of tries).
+                policy.budget.request(asyncio.get_running_loop().time())
             raise UpstreamOverloaded(
                 f"upstream {self._name!r} has {self.in_flight} requests in flight "
                 f"(max_requests = {self._max})"
