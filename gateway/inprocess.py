@@ -27,9 +27,8 @@ from typing import Any, Final
 
 from quart import Blueprint
 
-from gateway.asgi_types import ASGIApp, Message, Receive
+from gateway.asgi_types import ASGIApp, Message
 from gateway.config import AppUpstreamSpec, ConfigError, GatewayConfig, Problem
-from gateway.edge.context import RequestContext
 
 log = logging.getLogger("quartgate")
 
@@ -207,33 +206,3 @@ def mount_point(path: str, segments: int) -> str:
         if index < 0:
             return path
     return path[:index]
-
-
-def limited_receive(receive: Receive, limit: int, ctx: RequestContext) -> Receive:
-    """``receive`` that counts body bytes; past ``limit`` (``max_body_size``) the app is
-    told the client disconnected, and the gateway answers 413 if the app had not."""
-
-    size = 0
-
-    async def counted() -> Message:
-        nonlocal size
-        message = await receive()
-        if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            ctx.bytes_in = size
-            if limit and size > limit:
-                ctx.error = "payload_too_large"
-                return {"type": "http.disconnect"}
-        return message
-
-    return counted
-
-
-def declared_too_large(headers: list[tuple[bytes, bytes]], limit: int) -> int | None:
-    """A Content-Length over ``limit``, refused before the app is called."""
-    if not limit:
-        return None
-    for name, value in headers:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            return int(value)
-    return None

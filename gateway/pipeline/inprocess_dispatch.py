@@ -11,13 +11,7 @@ import logging
 from gateway.asgi_types import ASGIApp, Message, Receive, Send
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import ClientDisconnected, GatewayError
-from gateway.inprocess import (
-    InProcessApp,
-    Lifespans,
-    declared_too_large,
-    limited_receive,
-    mount_point,
-)
+from gateway.inprocess import InProcessApp, Lifespans, mount_point
 from gateway.state import RouteRuntime
 
 log = logging.getLogger("quartgate")
@@ -141,3 +135,33 @@ class InProcessDispatch:
         if not started and ctx.error == "payload_too_large":
             limit = self._max_body
             raise GatewayError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+
+
+def limited_receive(receive: Receive, limit: int, ctx: RequestContext) -> Receive:
+    """``receive`` that counts body bytes; past ``limit`` (``max_body_size``) the app is
+    told the client disconnected, and the gateway answers 413 if the app had not."""
+
+    size = 0
+
+    async def counted() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            ctx.bytes_in = size
+            if limit and size > limit:
+                ctx.error = "payload_too_large"
+                return {"type": "http.disconnect"}
+        return message
+
+    return counted
+
+
+def declared_too_large(headers: list[tuple[bytes, bytes]], limit: int) -> int | None:
+    """A Content-Length over ``limit``, refused before the app is called."""
+    if not limit:
+        return None
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            return int(value)
+    return None
