@@ -7,17 +7,25 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway.asgi_types import Message, Receive, Scope, Send
+from gateway.config import parse_config
+from gateway.edge.context import RequestContext
 from gateway.edge.request_id import new_request_id
+from gateway.pipeline.disconnect_watch import WATCH_AFTER
+from gateway.proxy import Proxy
+from gateway.state import build_state
 from loadtests.servers import closing_sockets
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
 from upstreams.h1.connection import H1Connection
+from upstreams.messages import UpstreamRequest, UpstreamResponse
 
 CONFIG = """
 [upstreams.mock]
@@ -152,3 +160,111 @@ def test_a_connection_the_client_closed_mid_request_is_closed_by_the_gateway(
     while closing_sockets(gateway.port) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert closing_sockets(gateway.port) == 0
+
+
+# -- the request path in process, with a stub upstream: what a request costs ---------------
+
+
+class _Finished:
+    def __init__(self) -> None:
+        self.contexts: list[RequestContext] = []
+
+    def request_finished(self, ctx: RequestContext) -> None:
+        self.contexts.append(ctx)
+
+
+def _proxy_with(send_upstream: Callable[[UpstreamRequest], Any]) -> tuple[Proxy, _Finished]:
+    finished = _Finished()
+    config = parse_config(
+        {
+            "upstreams": {"api": {"targets": ["http://127.0.0.1:9"]}},
+            "routes": [{"name": "api", "path": "/api", "upstream": "api"}],
+        }
+    )
+    state = build_state(config, (finished,))
+    state.upstreams["api"].send = send_upstream  # type: ignore[method-assign]
+
+    async def quart(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("the proxied route never reaches Quart")
+
+    return Proxy(quart, state), finished
+
+
+async def _answer(request: UpstreamRequest) -> UpstreamResponse:
+    async def no_more() -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    async def aclose() -> None:
+        return None
+
+    return UpstreamResponse(200, [], no_more(), aclose, first=b"ok", complete=True)
+
+
+def _scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/api/x",
+        "raw_path": b"/api/x",
+        "query_string": b"",
+        "headers": [(b"host", b"gw")],
+        "client": ("192.0.2.10", 40000),
+    }
+
+
+async def test_a_fast_request_pays_a_timer_not_a_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy, finished = _proxy_with(_answer)
+    tasks: list[object] = []
+    ensure_future = asyncio.ensure_future
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        tasks.append(args[0])
+        return ensure_future(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "ensure_future", counting)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    for _ in range(20):
+        await proxy(_scope(), receive, send)
+    await asyncio.sleep(WATCH_AFTER * 2)  # a timer left behind would fire by now
+    assert tasks == []
+    assert [c.status for c in finished.contexts] == [200] * 20
+
+
+async def test_a_client_gone_while_the_upstream_is_slow_is_noticed_by_the_watch() -> None:
+    upstream_cancelled = asyncio.Event()
+
+    async def slow(request: UpstreamRequest) -> UpstreamResponse:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            upstream_cancelled.set()
+            raise
+        raise AssertionError("not reached")
+
+    proxy, finished = _proxy_with(slow)
+    messages = iter(
+        [{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}]
+    )
+
+    async def receive() -> Message:
+        return next(messages)
+
+    async def send(message: Message) -> None:
+        raise AssertionError("nobody is left to answer")
+
+    started = time.monotonic()
+    await asyncio.wait_for(proxy(_scope(), receive, send), 5)
+    assert time.monotonic() - started < 2
+    assert upstream_cancelled.is_set()
+    (ctx,) = finished.contexts
+    assert (ctx.status, ctx.error) == (499, "client_disconnected")
