@@ -8,6 +8,9 @@ test on every engine, take the ``engine`` fixture of tests/conftest.py and pass 
         gateway = make_gateway(CONFIG, engine=engine)
 
 or, for a module-scoped gateway, parametrize the fixture with :data:`ENGINES`.
+
+Its port is bound here and the socket handed over (``--bind fd://N``), never chosen free
+and bound later: another process (a parallel test run) cannot take it in between.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def free_port() -> int:
     """A port that was free a moment ago: racy (another process may bind it before the
-    caller does). Only for what cannot be handed a socket (nginx, redis-server); anything
-    else takes :func:`bound_socket` or :func:`refused_port`."""
+    caller does). Only for what takes a port number and cannot be handed a socket (nginx,
+    ``[admin] bind``, scripts/run-demo.sh); servers take a :func:`bound_socket` (``quartgate
+    serve --bind fd://N``), a down upstream is a :func:`dead_port`."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
