@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -60,3 +61,19 @@ async def wait_quiet(busy: Callable[[], int], limit: float) -> None:
         elif now - quiet_since >= QUIET:
             return
         await asyncio.sleep(0.02)
+
+
+def on_stop_signals(
+    loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None], app: Any, ready: Any
+) -> None:
+    """SIGTERM and SIGINT start the drain (``on_stop``); ``ready`` (a multiprocessing
+    Event, or None) is set once the Quart ``app`` serves, after the gateway's own
+    ``before_serving`` hooks, which were registered first."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop)
+    if ready is not None:
+
+        async def signal_ready() -> None:
+            ready.set()
+
+        app.before_serving(signal_ready)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import signal
 from multiprocessing.synchronize import Event
 from typing import Any
 
@@ -19,7 +18,7 @@ from hypercorn.config import Config, Sockets
 from gateway.environment import Environment
 from gateway.server import hypercorn_patches
 from gateway.server.app_loader import build_app
-from gateway.server.drain import going_away, stop_accepting, wait_quiet
+from gateway.server.drain import going_away, on_stop_signals, stop_accepting, wait_quiet
 
 log = logging.getLogger("quartgate")
 
@@ -79,13 +78,6 @@ async def _serve(app: Any, config: Config, sockets: Sockets, ready: Event | None
         # Hypercorn's own shutdown follows: idle connections close at once (its idle timers
         # watch context.terminated), requests in flight get graceful_timeout.
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop)
-    if ready is not None:
-
-        async def signal_ready() -> None:  # registered last: runs after the gateway's own
-            ready.set()
-
-        quart.before_serving(signal_ready)
+    on_stop_signals(loop, on_stop, quart, ready)
 
     await worker_serve(app, config, sockets=sockets, shutdown_trigger=drained)

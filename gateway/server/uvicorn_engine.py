@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import socket
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
@@ -52,7 +51,7 @@ from gateway.config import GatewaySettings
 from gateway.edge.errors import error_body
 from gateway.environment import Environment
 from gateway.server.app_loader import build_app
-from gateway.server.drain import going_away, stop_accepting, wait_quiet
+from gateway.server.drain import going_away, on_stop_signals, stop_accepting, wait_quiet
 
 log = logging.getLogger("quartgate")
 
@@ -349,14 +348,8 @@ async def _serve(
         # flight get graceful_timeout, then the app's lifespan shutdown.
         server.should_exit = True
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop)
-    if ready is not None:
+    on_stop_signals(loop, on_stop, app, ready)
 
-        async def signal_ready() -> None:  # registered last: runs after the gateway's own
-            ready.set()
-
-        app.before_serving(signal_ready)
     async def sweep() -> None:
         while True:
             await asyncio.sleep(SWEEP)
