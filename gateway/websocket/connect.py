@@ -11,7 +11,6 @@ failed HTTP request does.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import ssl
 from collections.abc import Sequence
@@ -25,8 +24,9 @@ from websockets.typing import Origin, Subprotocol
 from gateway.edge.errors import GatewayError
 from gateway.edge.headers import HOP_BY_HOP
 from gateway.websocket.limits import WebSocketSettings
-from upstreams.balancer import Balancer, hash_bytes, make_balancer
-from upstreams.breaker import OPEN
+from upstreams.balancer import hash_bytes, make_balancer
+from upstreams.errors import NoHealthyTarget
+from upstreams.layers.picking import Picker
 from upstreams.target import Target
 from upstreams.upstream import Upstream
 
@@ -64,7 +64,9 @@ class Connector:
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
-        self._balancer: Balancer = make_balancer(upstream.spec.balancer, upstream.targets)
+        # Its own balancer: sessions are spread apart from the upstream's HTTP requests.
+        balancer = make_balancer(upstream.spec.balancer, upstream.targets)
+        self._picker = Picker(upstream.spec, upstream.targets, balancer)
         self._ssl = ssl.create_default_context()
 
     async def open(
@@ -92,14 +94,15 @@ class Connector:
         key = hash_bytes(client.encode("latin-1"))
         loop = asyncio.get_running_loop()
         while True:
-            target = self._balancer.pick(key, tried)
-            if target is None:
+            try:
+                target = self._picker.pick(key, tried)
+            except NoHealthyTarget as error:
                 raise GatewayError(
                     503,
                     "no_healthy_upstream",
                     f"upstream {upstream.name!r}: every target is drained or unhealthy",
-                    [(b"retry-after", b"%d" % self._retry_after(loop.time()))],
-                )
+                    [(b"retry-after", b"%d" % error.retry_after)],
+                ) from None
             breaker = target.breaker
             if breaker is not None:
                 breaker.dispatch()
@@ -125,18 +128,6 @@ class Connector:
                 else:
                     breaker.success(loop.time())
             return result if isinstance(result, Refused) else (result, target)
-
-    def _retry_after(self, now: float) -> int:
-        """When the first ejected target is probed again, as the HTTP path says it."""
-        waits = [
-            t.breaker.reopens_at - now
-            for t in self.upstream.targets
-            if t.breaker is not None and t.breaker.state == OPEN
-        ]
-        health = self.upstream.health
-        if not waits and health is not None:
-            waits = [health.spec.interval]
-        return max(1, math.ceil(min(waits, default=1.0)))
 
     async def _handshake(
         self,

@@ -52,6 +52,13 @@ class Picker:
         return target
 
     def _no_target(self) -> NoHealthyTarget:
+        error = NoHealthyTarget(f"every target of {self._name!r} is drained or unhealthy")
+        error.retry_after = self.retry_after()
+        return error
+
+    def retry_after(self) -> float:
+        """Seconds, at least 1, until the first ejected target is probed again (the 503's
+        ``Retry-After``); the health-check interval when only health checks hold them down."""
         now = asyncio.get_running_loop().time()
         waits = [
             t.breaker.reopens_at - now
@@ -60,6 +67,4 @@ class Picker:
         ]
         if not waits and self._health_interval is not None:
             waits = [self._health_interval]
-        error = NoHealthyTarget(f"every target of {self._name!r} is drained or unhealthy")
-        error.retry_after = max(1.0, math.ceil(min(waits, default=1.0)))
-        return error
+        return max(1.0, math.ceil(min(waits, default=1.0)))
