@@ -9,7 +9,7 @@ from gateway.config import GatewayConfig, RoutePolicies
 from gateway.edge.context import Observer, Policy
 from gateway.edge.headers import TrustedProxies
 from gateway.edge.stages import EdgeStages, build_edge
-from gateway.policies.pipeline import Resources, build_policies
+from gateway.policies.route_chain import Resources, build_policies
 from gateway.websocket.connect import Connector
 from gateway.websocket.limits import WebSocketSettings
 from routes.matching import RouteTable

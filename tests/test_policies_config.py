@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, GatewayConfig, parse_config
-from gateway.policies.pipeline import Resources, build_policies
+from gateway.policies.route_chain import Resources, build_policies
 
 BASE = """
 [upstreams.main]
