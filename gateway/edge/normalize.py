@@ -169,13 +169,5 @@ class Normaliser:
     def normalise(self, ctx: RequestContext) -> None:
         """Normalise the path in place when it needs it; the Host may change with it."""
         scope = ctx.scope
-        raw_path = scope["raw_path"]
-        # needs_normalizing(), inlined: the common request pays one call for this stage.
-        if (
-            raw_path[:1] != b"/"
-            or b"%" in raw_path
-            or b"//" in raw_path
-            or b"/." in raw_path
-            or b"\\" in raw_path
-        ):
+        if needs_normalizing(scope["raw_path"]):
             ctx.host = normalize_scope(scope, ctx.host, self._escaped_slashes)
