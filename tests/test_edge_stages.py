@@ -17,6 +17,7 @@ from gateway.edge.head import RequestHead
 from gateway.edge.headers import TrustedProxies
 from gateway.edge.identity import Identity
 from gateway.edge.normalize import Normaliser, needs_normalizing
+from tests.support.asgi_scope import http_scope
 
 ID = b"x-request-id"
 PARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -30,17 +31,9 @@ def scope_of(
     http_version: str = "1.1",
     client: str = "192.0.2.10",
 ) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "http_version": http_version,
-        "method": method,
-        "scheme": "http",
-        "path": raw_path.decode("latin-1"),
-        "raw_path": raw_path,
-        "query_string": b"",
-        "headers": headers,
-        "client": (client, 40000),
-    }
+    return http_scope(
+        raw_path, method=method, headers=headers, client=(client, 40000), http_version=http_version
+    )
 
 
 def context(scope: dict[str, Any]) -> tuple[RequestHead, RequestContext]:

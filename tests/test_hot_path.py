@@ -22,6 +22,7 @@ from gateway.pipeline.disconnect_watch import WATCH_AFTER
 from gateway.proxy import Proxy
 from gateway.state import build_state
 from loadtests.servers import closing_sockets
+from tests.support.asgi_scope import http_scope
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
 from upstreams.h1.connection import H1Connection
@@ -202,17 +203,7 @@ async def _answer(request: UpstreamRequest) -> UpstreamResponse:
 
 
 def _scope() -> dict[str, Any]:
-    return {
-        "type": "http",
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/api/x",
-        "raw_path": b"/api/x",
-        "query_string": b"",
-        "headers": [(b"host", b"gw")],
-        "client": ("192.0.2.10", 40000),
-    }
+    return http_scope(b"/api/x")
 
 
 async def test_a_fast_request_pays_a_timer_not_a_task(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,12 +4,12 @@ matching outcomes, policies, error mapping and header handling.
 
 Each feature here also has a real-server test (test_proxy_e2e.py, test_policies_*.py,
 test_hostile_input.py): those prove the wiring through an engine; these prove the rules,
-fast, so that every case of a rule can have its test.
+fast, so that every case of a rule can have its test. Both take their route tables from
+tests/support/configs.py and the cases they share from tests/support/pipeline_cases.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import socket
@@ -25,21 +25,35 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.asgi_gateway import PEER, InProcessGateway, in_process, upstream_saw
+from tests.support.configs import (
+    AUTH_IDENTITIES,
+    AUTH_ROUTES,
+    CORS_ROUTES,
+    HEADER_RULES_ROUTE,
+    MATCHING_ROUTES,
+    MEMORY_RATE_LIMIT_ROUTES,
+)
 from tests.support.gateway import refused_port
+from tests.support.pipeline_cases import (
+    AUTH_VALUES,
+    INVALID_CLAIMS,
+    WILDCARD_ORIGINS,
+    assert_app_preflight_answered,
+    bearer,
+    jwk_of,
+    preflight,
+    token,
+    token_with_claims,
+)
 from tests.support.upstream import UpstreamServer
 
-SECRET = "an-hs256-secret-of-at-least-32-bytes!!"
-ISSUER = "https://issuer.test"
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 TRUSTED = "10.1.2.3"  # in trusted_proxies below; PEER (192.0.2.10) is not
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-CONFIG = """
+CONFIG = (
+    """
 [gateway]
 trusted_proxies = ["10.0.0.0/8"]
 max_body_size = 1000
@@ -58,144 +72,14 @@ targets = ["http://127.0.0.1:{dead}"]
 [upstreams.slow]
 targets = ["{upstream}"]
 read_timeout = 0.2
-
-[consumers.alice]
-api_key_sha256 = ["{alice}"]
-groups = ["admins"]
-
-[consumers.bob]
-api_key_sha256 = ["sha256:{bob}"]
-
-[jwt_providers.hs]
-issuer = "{issuer}"
-audiences = ["quartgate"]
-leeway = 30
-keys = [{{ kid = "h1", algorithm = "HS256", secret = "{secret}" }}]
-claims_to_headers = {{ sub = "x-jwt-sub", email = "x-jwt-email" }}
-
-[jwt_providers.files]
-issuer = "{issuer}"
-jwks_file = "jwks.json"
-
-[[routes]]
-name = "api"
-path = "/api"
-upstream = "main"
-
-[[routes]]
-name = "api-users"
-path = "/api/users"
-upstream = "other"
-strip_prefix = true
-
-[[routes]]
-name = "api-on-host"
-path = "/api"
-host = "api.example.com"
-upstream = "other"
-strip_prefix = true
-
-[[routes]]
-name = "item"
-path = "/items/{{id}}"
-methods = ["GET"]
-upstream = "main"
-
-[[routes]]
-name = "item-literal"
-path = "/items/special"
-methods = ["GET", "DELETE"]
-upstream = "other"
-
-[[routes]]
-name = "preserved"
-path = "/keephost"
-upstream = "main"
-preserve_host = true
-
-[[routes]]
-name = "keyed"
-path = "/keyed"
-upstream = "main"
-[routes.auth]
-api_key = true
-key_query = "apikey"
-hide_credentials = true
-[routes.headers]
-request_set = {{ x-who = "{{consumer}}" }}
-
-[[routes]]
-name = "admin"
-path = "/admin"
-upstream = "main"
-[routes.auth]
-api_key = true
-allow = ["admins"]
-
-[[routes]]
-name = "jwt"
-path = "/jwt"
-upstream = "main"
-[routes.auth]
-jwt = "hs"
-
-[[routes]]
-name = "jwks"
-path = "/jwks"
-upstream = "main"
-[routes.auth]
-jwt = "files"
-allow = ["svc-a"]
-
-[[routes]]
-name = "app"
-path = "/app"
-methods = ["GET", "POST"]
-upstream = "main"
-[routes.cors]
-allow_origins = ["https://app.example.com", "https://*.example.org"]
-allow_methods = ["GET", "POST"]
-allow_headers = ["content-type", "authorization"]
-expose_headers = ["x-upstream"]
-allow_credentials = true
-max_age = 120
-
-[[routes]]
-name = "open"
-path = "/open"
-upstream = "main"
-[routes.cors]
-allow_origins = ["*"]
-
-[[routes]]
-name = "rules"
-path = "/rules/{{id}}"
-upstream = "main"
-[routes.headers]
-request_set = {{ x-client = "{{client_ip}}", x-rid = "{{request_id}}", x-item = "item-{{id}}" }}
-request_add = {{ x-added = "a {{{{literal}}}}" }}
-request_remove = ["x-secret"]
-response_set = {{ x-served-by = "quartgate {{route}}" }}
-response_remove = ["x-upstream"]
-response_add = {{ x-item = "{{id}}" }}
-
-[[routes]]
-name = "limited"
-path = "/limited"
-upstream = "main"
-[routes.rate_limit]
-limit = 3
-period = 60
-
-[[routes]]
-name = "tenant"
-path = "/tenant"
-upstream = "main"
-[routes.rate_limit]
-limit = 1
-period = 60
-key = "header:x-tenant"
-
+"""
+    + AUTH_IDENTITIES
+    + MATCHING_ROUTES
+    + AUTH_ROUTES
+    + CORS_ROUTES
+    + HEADER_RULES_ROUTE
+    + MEMORY_RATE_LIMIT_ROUTES
+    + """
 [[routes]]
 name = "dead"
 path = "/dead"
@@ -206,12 +90,7 @@ name = "slow"
 path = "/slow"
 upstream = "slow"
 """
-
-
-def jwk_of(key: Any, kid: str, alg: str) -> dict[str, Any]:
-    algorithm = jwt.get_algorithm_by_name(alg)
-    data: dict[str, Any] = json.loads(algorithm.to_jwk(key.public_key()))
-    return {**data, "kid": kid, "alg": alg, "use": "sig"}
+)
 
 
 @pytest.fixture
@@ -225,14 +104,7 @@ async def gateway(
     upstream: UpstreamServer, dead_port: int, tmp_path: Path
 ) -> AsyncIterator[InProcessGateway]:
     (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk_of(EC_KEY, "e1", "ES256")]}))
-    text = CONFIG.format(
-        upstream=upstream.url,
-        dead=dead_port,
-        alice=sha("alice-key"),
-        bob=sha("bob-key"),
-        issuer=ISSUER,
-        secret=SECRET,
-    )
+    text = CONFIG.format(upstream=upstream.url, dead=dead_port, **AUTH_VALUES)
     async with in_process(text, tmp_path) as started:
         yield started
 
@@ -321,17 +193,6 @@ async def test_host_specific_route_beats_any_host(client: httpx.AsyncClient) -> 
 # ---- policies: API keys and JWTs -------------------------------------------------------------
 
 
-def token(key: Any = SECRET, alg: str = "HS256", kid: str = "h1", **claims: Any) -> str:
-    now = int(time.time())
-    payload = {"iss": ISSUER, "aud": "quartgate", "sub": "user-1", "exp": now + 300, **claims}
-    payload = {k: v for k, v in payload.items() if v is not None}
-    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
-
-
-def bearer(value: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {value}"}
-
-
 async def test_missing_or_wrong_api_key_is_401_with_challenge(
     client: httpx.AsyncClient, upstream: UpstreamServer
 ) -> None:
@@ -377,22 +238,11 @@ async def test_jwt_missing_is_401_with_bearer_challenge(client: httpx.AsyncClien
     assert response.headers["www-authenticate"] == 'Bearer realm="quartgate"'
 
 
-@pytest.mark.parametrize(
-    ("claims", "detail"),
-    [
-        ({"exp": -120}, "token expired"),
-        ({"nbf": 120}, "token not yet valid"),
-        ({"aud": "someone-else"}, "wrong audience"),
-        ({"iss": "https://evil.test"}, "wrong issuer"),
-        ({"exp": None}, 'Token is missing the "exp" claim'),
-    ],
-)
+@pytest.mark.parametrize(("claims", "detail"), INVALID_CLAIMS)
 async def test_jwt_invalid_claims_are_401(
     client: httpx.AsyncClient, claims: dict[str, Any], detail: str
 ) -> None:
-    now = int(time.time())
-    claims = {k: now + v if k in ("exp", "nbf") and v is not None else v for k, v in claims.items()}
-    response = await client.get("/jwt/x", headers=bearer(token(**claims)))
+    response = await client.get("/jwt/x", headers=bearer(token_with_claims(claims)))
     assert error_of(response, 401, "unauthorized")["detail"] == detail
     assert response.headers["www-authenticate"] == 'Bearer realm="quartgate", error="invalid_token"'
 
@@ -422,13 +272,6 @@ async def test_jwks_file_key_allowed_and_not_allowed_subject(client: httpx.Async
 # ---- policies: CORS --------------------------------------------------------------------------
 
 
-def preflight(origin: str, method: str = "POST", headers: str = "") -> dict[str, str]:
-    out = {"origin": origin, "access-control-request-method": method}
-    if headers:
-        out["access-control-request-headers"] = headers
-    return out
-
-
 async def test_cors_preflight_answered_at_the_gateway(
     client: httpx.AsyncClient, upstream: UpstreamServer
 ) -> None:
@@ -436,27 +279,13 @@ async def test_cors_preflight_answered_at_the_gateway(
     response = await client.options(
         "/app/x", headers=preflight("https://app.example.com", "POST", "Content-Type")
     )
-    assert response.status_code == 204
-    assert response.headers["access-control-allow-origin"] == "https://app.example.com"
-    assert response.headers["access-control-allow-credentials"] == "true"
-    assert response.headers["access-control-allow-methods"] == "GET, POST"
-    assert response.headers["access-control-allow-headers"] == "content-type, authorization"
-    assert response.headers["access-control-max-age"] == "120"
-    assert "Origin" in response.headers["vary"]
+    assert_app_preflight_answered(response)
     assert len(upstream.requests) == before  # never reached the upstream
 
 
 @pytest.mark.parametrize(
     ("origin", "allowed"),
-    [
-        ("https://app.example.com", True),
-        ("https://a.example.org", True),
-        ("https://a.b.example.org", True),
-        ("https://example.org", False),
-        ("https://evilexample.org", False),
-        ("http://a.example.org", False),
-        ("https://app.example.com.evil.io", False),
-    ],
+    [("https://app.example.com", True), *WILDCARD_ORIGINS],
 )
 async def test_cors_preflight_origins(
     client: httpx.AsyncClient, origin: str, allowed: bool
@@ -517,13 +346,13 @@ async def test_local_rate_limit_is_429_with_its_headers(
     client: httpx.AsyncClient, upstream: UpstreamServer
 ) -> None:
     for remaining in (2, 1, 0):
-        response = await client.get("/limited/x")
+        response = await client.get("/mem/x")
         assert response.status_code == 200
         assert response.headers["ratelimit-limit"] == "3"
         assert response.headers["ratelimit-remaining"] == str(remaining)
         assert 1 <= int(response.headers["ratelimit-reset"]) <= 60
     before = len(upstream.requests)
-    limited = await client.get("/limited/x")
+    limited = await client.get("/mem/x")
     error_of(limited, 429, "rate_limited")
     assert 1 <= int(limited.headers["retry-after"]) <= 20
     assert limited.headers["ratelimit-limit"] == "3"

@@ -3,7 +3,6 @@ a JWKS file); 401 with WWW-Authenticate, 403 when valid but not allowed."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,81 +13,29 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.support.configs import AUTH_IDENTITIES, AUTH_ROUTES
 from tests.support.gateway import GatewayProcess
+from tests.support.pipeline_cases import (
+    AUTH_VALUES,
+    INVALID_CLAIMS,
+    bearer,
+    jwk_of,
+    token,
+    token_with_claims,
+)
 from tests.support.upstream import UpstreamServer
 
-SECRET = "an-hs256-secret-of-at-least-32-bytes!!"
-ISSUER = "https://issuer.test"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-CONFIG = """
+CONFIG = (
+    """
 [upstreams.main]
 targets = ["{upstream}"]
-
-[consumers.alice]
-api_key_sha256 = ["{alice}"]
-groups = ["admins"]
-
-[consumers.bob]
-api_key_sha256 = ["sha256:{bob}"]
-
-[jwt_providers.hs]
-issuer = "{issuer}"
-audiences = ["quartgate"]
-leeway = 30
-keys = [{{ kid = "h1", algorithm = "HS256", secret = "{secret}" }}]
-claims_to_headers = {{ sub = "x-jwt-sub", email = "x-jwt-email" }}
-
-[jwt_providers.files]
-issuer = "{issuer}"
-jwks_file = "jwks.json"
-
-[[routes]]
-name = "keyed"
-path = "/keyed"
-upstream = "main"
-[routes.auth]
-api_key = true
-key_query = "apikey"
-hide_credentials = true
-[routes.headers]
-request_set = {{ x-who = "{{consumer}}" }}
-
-[[routes]]
-name = "admin"
-path = "/admin"
-upstream = "main"
-[routes.auth]
-api_key = true
-allow = ["admins"]
-
-[[routes]]
-name = "jwt"
-path = "/jwt"
-upstream = "main"
-[routes.auth]
-jwt = "hs"
-
-[[routes]]
-name = "jwks"
-path = "/jwks"
-upstream = "main"
-[routes.auth]
-jwt = "files"
-allow = ["svc-a"]
 """
-
-
-def jwk_of(key: Any, kid: str, alg: str) -> dict[str, Any]:
-    algorithm = jwt.get_algorithm_by_name(alg)
-    data: dict[str, Any] = json.loads(algorithm.to_jwk(key.public_key()))
-    return {**data, "kid": kid, "alg": alg, "use": "sig"}
+    + AUTH_IDENTITIES
+    + AUTH_ROUTES
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +46,7 @@ def gateway(
     jwks = {"keys": [jwk_of(RSA_KEY, "r1", "RS256"), jwk_of(EC_KEY, "e1", "ES256")]}
     (folder / "jwks.json").write_text(json.dumps(jwks))
     config = folder / "gateway.toml"
-    config.write_text(
-        CONFIG.format(
-            upstream=upstream.url,
-            alice=sha("alice-key"),
-            bob=sha("bob-key"),
-            issuer=ISSUER,
-            secret=SECRET,
-        )
-    )
+    config.write_text(CONFIG.format(upstream=upstream.url, **AUTH_VALUES))
     process = GatewayProcess(config).start()
     yield process
     assert process.stop() == 0, process.logs()
@@ -123,17 +62,6 @@ def seen(response: httpx.Response) -> tuple[str, dict[str, str]]:
     assert response.status_code == 200, response.text
     body = json.loads(response.content)
     return body["target"], dict(tuple(h) for h in body["headers"])
-
-
-def token(key: Any = SECRET, alg: str = "HS256", kid: str = "h1", **claims: Any) -> str:
-    now = int(time.time())
-    payload = {"iss": ISSUER, "aud": "quartgate", "sub": "user-1", "exp": now + 300, **claims}
-    payload = {k: v for k, v in payload.items() if v is not None}
-    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
-
-
-def bearer(value: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {value}"}
 
 
 # ---- API keys --------------------------------------------------------------------------------
@@ -182,24 +110,11 @@ async def test_hs256_token_claims_forwarded_as_headers(client: httpx.AsyncClient
     assert got["x-consumer-username"] == "user-1"
 
 
-@pytest.mark.parametrize(
-    ("claims", "detail"),
-    [
-        # Relative to when the test runs, not when it was collected (minutes earlier in a
-        # long suite): the token is made in the test.
-        ({"exp": -120}, "token expired"),
-        ({"nbf": 120}, "token not yet valid"),
-        ({"aud": "someone-else"}, "wrong audience"),
-        ({"iss": "https://evil.test"}, "wrong issuer"),
-        ({"exp": None}, 'Token is missing the "exp" claim'),
-    ],
-)
+@pytest.mark.parametrize(("claims", "detail"), INVALID_CLAIMS)
 async def test_invalid_claims_are_401(
     client: httpx.AsyncClient, claims: dict[str, Any], detail: str
 ) -> None:
-    now = int(time.time())
-    claims = {k: now + v if k in ("exp", "nbf") and v is not None else v for k, v in claims.items()}
-    response = await client.get("/jwt/x", headers=bearer(token(**claims)))
+    response = await client.get("/jwt/x", headers=bearer(token_with_claims(claims)))
     assert response.status_code == 401
     assert response.json()["detail"] == detail
     assert response.headers["www-authenticate"] == 'Bearer realm="quartgate", error="invalid_token"'

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from tests.support.configs import HEADER_RULES_ROUTE
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
 
-CONFIG = """
+CONFIG = (
+    """
 [gateway]
 trusted_proxies = ["127.0.0.1/32"]
 
@@ -23,19 +25,9 @@ targets = ["{upstream}"]
 name = "api"
 path = "/api"
 upstream = "main"
-
-[[routes]]
-name = "rules"
-path = "/rules/{{id}}"
-upstream = "main"
-[routes.headers]
-request_set = {{ x-client = "{{client_ip}}", x-rid = "{{request_id}}", x-item = "item-{{id}}" }}
-request_add = {{ x-added = "a {{{{literal}}}}" }}
-request_remove = ["x-secret"]
-response_set = {{ x-served-by = "quartgate {{route}}" }}
-response_remove = ["x-upstream"]
-response_add = {{ x-item = "{{id}}" }}
 """
+    + HEADER_RULES_ROUTE
+)
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -3,18 +3,20 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.configs import MEMORY_RATE_LIMIT_ROUTES
 from tests.support.edge import RedisServer
 from tests.support.gateway import GatewayProcess
+from tests.support.pipeline_cases import sha
 from tests.support.upstream import UpstreamServer
 
-CONFIG = """
+CONFIG = (
+    """
 [upstreams.main]
 targets = ["{upstream}"]
 
@@ -27,24 +29,9 @@ api_key_sha256 = ["{alice}"]
 
 [consumers.bob]
 api_key_sha256 = ["{bob}"]
-
-[[routes]]
-name = "mem"
-path = "/mem"
-upstream = "main"
-[routes.rate_limit]
-limit = 3
-period = 60
-
-[[routes]]
-name = "tenant"
-path = "/tenant"
-upstream = "main"
-[routes.rate_limit]
-limit = 1
-period = 60
-key = "header:x-tenant"
-
+"""
+    + MEMORY_RATE_LIMIT_ROUTES
+    + """
 [[routes]]
 name = "per-consumer"
 path = "/per-consumer"
@@ -85,10 +72,7 @@ period = 60
 backend = "redis"
 on_backend_error = "deny"
 """
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+)
 
 
 def config_text(upstream: UpstreamServer, redis: RedisServer) -> str:

@@ -10,10 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.configs import MATCHING_ROUTES
 from tests.support.gateway import ENGINES, GatewayProcess, dead_port
 from tests.support.upstream import UpstreamServer
 
-CONFIG = """
+CONFIG = (
+    """
 [upstreams.main]
 targets = ["{upstream}"]
 
@@ -22,43 +24,9 @@ targets = ["{upstream}"]
 
 [upstreams.hello]
 app = "hello_app:blueprint"
-
-[[routes]]
-name = "api"
-path = "/api"
-upstream = "main"
-
-[[routes]]
-name = "api-users"
-path = "/api/users"
-upstream = "other"
-strip_prefix = true
-
-[[routes]]
-name = "api-users-on-host"
-path = "/api"
-host = "api.example.com"
-upstream = "other"
-strip_prefix = true
-
-[[routes]]
-name = "item"
-path = "/items/{{id}}"
-methods = ["GET"]
-upstream = "main"
-
-[[routes]]
-name = "item-literal"
-path = "/items/special"
-methods = ["GET", "DELETE"]
-upstream = "other"
-
-[[routes]]
-name = "preserved"
-path = "/keephost"
-upstream = "main"
-preserve_host = true
-
+"""
+    + MATCHING_ROUTES
+    + """
 [[routes]]
 name = "raw"
 path = "/raw"
@@ -75,6 +43,7 @@ path = "/hello"
 upstream = "hello"
 strip_prefix = true
 """
+)
 
 
 @pytest.fixture(scope="module", params=ENGINES)

@@ -14,6 +14,7 @@ from typing import Any
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.inprocess import load_apps
+from tests.support.asgi_scope import http_scope
 
 BLUEPRINT = """
 import asyncio
@@ -49,17 +50,9 @@ def build(tmp_path: Path) -> Any:
 
 async def call(app: Any, method: str, path: str) -> list[dict[str, Any]]:
     scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
+        **http_scope(path.encode(), method=method, client=("127.0.0.1", 5000)),
+        "asgi": {"version": "3.0"},  # and the rest of what a server hands a Quart app
         "root_path": "",
-        "headers": [(b"host", b"gw")],
-        "client": ("127.0.0.1", 5000),
         "server": ("127.0.0.1", 8080),
         "extensions": {},
         "state": {},

@@ -18,6 +18,7 @@ from gateway.pipeline.request_path import RequestPath
 from gateway.pipeline.route_match import RouteMatch
 from gateway.proxy import Proxy
 from gateway.state import GatewayState, build_state
+from tests.support.asgi_scope import http_scope
 
 CONFIG: dict[str, Any] = {
     "upstreams": {"api": {"targets": ["http://127.0.0.1:9"]}},
@@ -33,17 +34,7 @@ def state() -> GatewayState:
 
 
 def scope_of(path: str, method: str = "GET", host: bytes = b"gw") -> dict[str, Any]:
-    return {
-        "type": "http",
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"host", host)],
-        "client": ("192.0.2.10", 40000),
-    }
+    return http_scope(path.encode(), method=method, headers=[(b"host", host)])
 
 
 async def served(proxy: Proxy, scope: Scope) -> list[Message]:
