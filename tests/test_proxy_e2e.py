@@ -240,8 +240,14 @@ async def test_post_body_and_chunked_upload(
     seen = upstream_saw(await client.post("/api/echo", content=b"x" * 100_000))
     assert seen["body_length"] == 100_000
 
+    upstream.head_arrived.clear()
+
     async def pieces() -> object:
-        for _ in range(10):
+        yield b"y" * 10_000
+        # The rest only once the gateway has sent the head upstream: it is streaming this
+        # body, not holding it (a body that arrives whole is sent with a Content-Length).
+        await asyncio.to_thread(upstream.head_arrived.wait, 30)
+        for _ in range(9):
             yield b"y" * 10_000
 
     seen = upstream_saw(await client.post("/api/echo", content=pieces()))  # chunked

@@ -52,6 +52,8 @@ class UpstreamServer:
     requests: list[Received] = field(default_factory=list)
     hang_started: threading.Event = field(default_factory=threading.Event)
     hang_closed: threading.Event = field(default_factory=threading.Event)
+    #: Set whenever a request head has arrived (before its body is read).
+    head_arrived: threading.Event = field(default_factory=threading.Event)
     connections: int = 0
     #: How many /stream responses were sent to their last byte.
     streams_done: int = 0
@@ -134,6 +136,7 @@ class UpstreamServer:
             name, _, value = line.partition(":")
             headers.append((name.strip().lower(), value.strip()))
         found = dict(headers)
+        self.head_arrived.set()
         digest = hashlib.sha256()
         length = 0
         if found.get("transfer-encoding", "").lower() == "chunked":
