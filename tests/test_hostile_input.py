@@ -3,15 +3,17 @@ harmless, and nothing ambiguous reaches an upstream."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support.edge import EvilUpstream, closed_within, raw_request
+from tests.support.edge import EvilUpstream, closed_within, raw_request, read_response
 from tests.support.gateway import ENGINES, GatewayProcess
 from tests.support.upstream import UpstreamServer
 
@@ -148,6 +150,38 @@ def test_chunked_body_over_limit_is_413_while_streaming(
     assert reply.status == 413
     complete = [r for r in upstream.requests if "chunky" in r.target and r.body_length == 2000]
     assert not complete
+
+
+def test_a_body_over_the_limit_sent_on_is_dropped_and_the_connection_not_held(
+    make_gateway: Callable[..., GatewayProcess],
+    upstream: UpstreamServer,
+    evil: EvilUpstream,
+    engine: str,
+) -> None:
+    """A client goes on sending a chunked body (1 MB) the gateway refused at 1000 bytes.
+    Hypercorn's reader used to wait forever for the app to read that body: the client never
+    got its 413, and the connection held the drain until graceful_timeout (here an hour, so
+    only a connection that is let go lets the gateway exit)."""
+    key_hash = hashlib.sha256(KEY.encode()).hexdigest()
+    gateway = make_gateway(
+        CONFIG.format(upstream=upstream.url, evil=evil.port, key_hash=key_hash),
+        engine=engine,
+        server_config="graceful_timeout = 3600.0\n",
+    )
+    chunk = b"%x\r\n%b\r\n" % (5000, b"x" * 5000)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /public/flood HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        with contextlib.suppress(ConnectionError):  # a server that answered and closed
+            for _ in range(200):
+                sock.sendall(chunk)
+            sock.sendall(b"0\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 413")
+        gateway.signal(signal.SIGTERM)
+        assert gateway.process is not None
+        assert gateway.process.wait(60) == 0, gateway.logs()
+    assert not [r for r in upstream.requests if r.target == "/public/flood"]
 
 
 def test_too_many_headers_is_431(gateway: GatewayProcess) -> None:

@@ -2,8 +2,10 @@
 
 The Hypercorn engine reaches into Hypercorn 0.18 where its public API has no hook: it wraps
 two methods of the asyncio ``TCPServer`` (closed client connections are freed at once, not
-after ``keep_alive_timeout``), counts busy connections by the names of Hypercorn's tasks
-(the SIGTERM drain), and serves through ``worker_serve`` with its own shutdown trigger.
+after ``keep_alive_timeout``), replaces ``TaskGroup.spawn_app`` so that a request body the
+app never reads cannot hang its connection, counts busy connections by the names of
+Hypercorn's tasks (the SIGTERM drain), and serves through ``worker_serve`` with its own
+shutdown trigger.
 :func:`check` looks up each of those names before a worker serves and raises
 :class:`HypercornChanged` naming every one that is gone, so an upgrade that moved them fails
 at start-up, loudly, instead of silently serving without the workaround. pyproject.toml pins
@@ -13,8 +15,10 @@ Hypercorn to the minor version these were written for (:data:`WRITTEN_FOR`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import types
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 #: The Hypercorn minor version the names below were read from.
@@ -33,6 +37,10 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("hypercorn.app_wrappers", "ASGIWrapper"),
     ("hypercorn.config", "Config.response_headers"),
     ("hypercorn.config", "Config.create_sockets"),
+    ("hypercorn.asyncio.task_group", "TaskGroup.spawn_app"),
+    ("hypercorn.asyncio.task_group", "TaskGroup.spawn"),
+    ("hypercorn.asyncio.task_group", "TaskGroup._loop"),
+    ("hypercorn.asyncio.task_group", "_handle"),
 )
 
 
@@ -89,6 +97,7 @@ def apply() -> None:
     """Check the names, then install the workarounds (once per process)."""
     check()
     close_dead_connections()
+    drop_body_nobody_reads()
 
 
 def close_dead_connections() -> None:
@@ -125,6 +134,76 @@ def close_dead_connections() -> None:
     setattr(TCPServer, "_read_data", _read_data)  # noqa: B010 (a patch, deliberately)
     setattr(TCPServer, "_idle_timeout", _idle_timeout)  # noqa: B010
     setattr(TCPServer, "_quartgate", True)  # noqa: B010
+
+
+class _AppQueue(asyncio.Queue[Any]):
+    """A request's receive queue that drops what arrives once the app has returned."""
+
+    finished = False
+
+    def __init__(self, maxsize: int, app: Any) -> None:
+        super().__init__(maxsize)
+        self._app = app
+
+    async def put(self, item: Any) -> None:
+        if self.finished:
+            return
+        if item["type"] == "http.disconnect" and self.full():
+            # Hypercorn ends the stream from inside the app's last send: waiting for room
+            # would wait for the app, which is in this very call. The oldest unread body
+            # data makes room; the disconnect supersedes it.
+            self.get_nowait()
+            self.put_nowait(item)
+            return
+        await super().put(item)
+
+    async def run_app(self, *args: Any) -> None:
+        """The app, then no more waiting: before Hypercorn ends the stream (which may close
+        the connection and wait for its reader, the one blocked on this queue)."""
+        try:
+            await self._app(*args)
+        finally:
+            self.finished = True
+            while not self.empty():  # a reader blocked on a full queue wakes and moves on
+                self.get_nowait()
+
+
+def drop_body_nobody_reads() -> None:
+    """Keep reading a request body the app will never read, and drop it.
+
+    Hypercorn 0.18 hands body data to the app through a queue of ``max_app_queue_size``
+    (10) messages, and its connection reader waits while that queue is full. Once the app
+    has answered without reading the whole body (a 413 for a chunked body over
+    ``max_body_size``, an early 401), nothing reads that queue again. The reader then
+    waits forever: the client never gets its 413, the connection is never closed by the
+    idle timer, and a drain waits out ``graceful_timeout``. Here the queue drops what
+    arrives after the app has returned, as nginx discards an unread body.
+    ``TaskGroup.spawn_app`` is Hypercorn's own, with this queue in place of its plain one.
+    """
+    from hypercorn.asyncio import task_group
+
+    group = task_group.TaskGroup
+    if getattr(group, "_quartgate", False):
+        return
+    handle = task_group._handle
+
+    async def spawn_app(
+        self: Any, app: Any, config: Any, scope: Any, send: Any
+    ) -> Callable[[Any], Awaitable[None]]:
+        queue = _AppQueue(config.max_app_queue_size, app)
+
+        def call_soon(func: Callable[..., Any], *args: Any) -> Any:
+            future = asyncio.run_coroutine_threadsafe(func(*args), self._loop)
+            return future.result()
+
+        run_in_executor = functools.partial(self._loop.run_in_executor, None)
+        self.spawn(
+            handle, queue.run_app, config, scope, queue.get, send, run_in_executor, call_soon
+        )
+        return queue.put
+
+    setattr(group, "spawn_app", spawn_app)  # noqa: B010 (a patch, deliberately)
+    setattr(group, "_quartgate", True)  # noqa: B010
 
 
 def busy_connections() -> int:
