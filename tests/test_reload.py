@@ -4,11 +4,13 @@ a request; a bad file is refused with its reasons and the running config stays."
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -165,3 +167,38 @@ async def test_quartgate_reload_with_two_workers(
     assert {r.headers["x-served-by"] for r in answers} == {"b"}
     assert gateway.process is not None and gateway.process.poll() is None
     assert gateway.stop() == 0
+
+
+async def test_a_reload_says_which_sections_wait_for_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """[admin], [metrics], [access_log] and [tracing] are set up when the app starts: a
+    reload that changes them is taken, and says that those changes wait for a restart."""
+    from gateway.app import create_app
+    from gateway.config import load_config
+
+    path = tmp_path / "gateway.toml"
+    base = (
+        '[upstreams.api]\ntargets = ["http://127.0.0.1:9"]\n'
+        '[[routes]]\npath = "/"\nupstream = "api"\n'
+    )
+    path.write_text(base)
+    app = create_app(load_config(path))
+    reloader = app.extensions["quartgate.reload"]
+    try:
+        path.write_text(base + '[access_log]\npath = "-"\n[metrics]\nbuckets = [0.1, 1.0]\n')
+        with caplog.at_level(logging.WARNING, logger="quartgate"):
+            config = await reloader.reload()
+        assert config.observability.access_log is not None  # the reload was taken
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == [
+            f"{path}: [metrics] changed: that takes effect at the next start",
+            f"{path}: [access_log] changed: that takes effect at the next start",
+        ]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="quartgate"):
+            await reloader.reload()  # the same file again: nothing to say
+        assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+    finally:
+        await reloader.aclose()
+        await app.extensions["quartgate"].state.aclose()

@@ -42,6 +42,20 @@ def reload_problems(old: GatewayConfig, new: GatewayConfig) -> list[Problem]:
     return problems
 
 
+#: ``[section]`` -> what ``GatewayConfig.observability`` holds it as; these are set up
+#: once, when the app starts (listeners, writers, exporters), so a reload leaves them.
+RESTART_SECTIONS = ("admin", "metrics", "access_log", "tracing")
+
+
+def needs_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """The sections a reload accepts but applies only at the next start."""
+    return [
+        name
+        for name in RESTART_SECTIONS
+        if getattr(old.observability, name) != getattr(new.observability, name)
+    ]
+
+
 class HotReload:
     """Reloads one app's :class:`Proxy` snapshot from its config file."""
 
@@ -69,6 +83,10 @@ class HotReload:
                 hook(state)
             state.start()
             self._proxy.state = state
+            for name in needs_restart(old.config, config):
+                log.warning(
+                    "%s: [%s] changed: that takes effect at the next start", config.source, name
+                )
             self._keep(asyncio.ensure_future(old.retire()))
             return config
 
