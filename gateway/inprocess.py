@@ -5,9 +5,11 @@ Django), served in the gateway's own process with no network hop (docs/in-proces
 The kind is detected once, at startup, from the object: a Blueprint; an ``async``
 callable (or an object whose ``__call__`` is ``async``) taking ``(scope, receive, send)``
 is ASGI; a plain callable taking ``(environ, start_response)`` is WSGI. A callable taking
-no arguments is a factory and is called first. A WSGI app runs through a2wsgi's
-``WSGIMiddleware`` on its own bounded thread pool (``threads``), so a handler that blocks
-never stalls the event loop; when every thread is busy, requests wait in the pool's queue.
+no arguments is a factory and is called first. A WSGI app runs through the gateway's WSGI
+adapter (gateway/pipeline/wsgi.py) on its own bounded thread pool (``threads``), so a
+handler that blocks never stalls the event loop; when every thread is busy, a request waits
+for one at most ``queue_timeout`` seconds (then 503), and a client that leaves ends its
+response and frees its thread.
 
 ASGI apps get the ASGI lifespan (startup before the gateway serves, shutdown after), so
 their startup handlers run; an app that does not speak lifespan is served without it.
@@ -29,6 +31,7 @@ from quart import Blueprint
 
 from gateway.asgi_types import ASGIApp, Message
 from gateway.config import AppUpstreamSpec, ConfigError, GatewayConfig, Problem
+from gateway.pipeline.wsgi import WSGIAdapter
 
 log = logging.getLogger("quartgate")
 
@@ -40,13 +43,15 @@ WSGI: Final = "wsgi"
 @dataclass(frozen=True, slots=True)
 class InProcessApp:
     """One in-process upstream, ready to serve: ``asgi`` is None for a blueprint (the
-    gateway's Quart app serves it under its internal mount)."""
+    gateway's Quart app serves it under its internal mount); for a WSGI app it is ``wsgi``,
+    the adapter, which the dispatcher calls with the route's wait for a thread."""
 
     name: str
     kind: str
     obj: Any
     asgi: ASGIApp | None = None
     threads: int = 0
+    wsgi: WSGIAdapter | None = None
 
     def describe(self) -> str:
         extra = f", threads = {self.threads}" if self.kind == WSGI else ""
@@ -91,22 +96,8 @@ def load_app(spec: AppUpstreamSpec, file: str) -> InProcessApp:
         return InProcessApp(spec.name, kind, obj)
     if kind == ASGI:
         return InProcessApp(spec.name, kind, obj, obj)
-    from a2wsgi import WSGIMiddleware
-
-    wrapped: Any = WSGIMiddleware(_input_terminated(obj), workers=spec.threads)
-    return InProcessApp(spec.name, kind, obj, wrapped, spec.threads)
-
-
-def _input_terminated(app: Any) -> Any:
-    """The WSGI app with ``wsgi.input_terminated`` set: a2wsgi's input ends where the body
-    ends, so a chunked body (no Content-Length) can be read; without the flag Werkzeug
-    (Flask) reads such a body as empty."""
-
-    def terminated(environ: dict[str, Any], start_response: Any) -> Any:
-        environ["wsgi.input_terminated"] = True
-        return app(environ, start_response)
-
-    return terminated
+    adapter = WSGIAdapter(obj, spec.threads, spec.queue_timeout, spec.name)
+    return InProcessApp(spec.name, kind, obj, adapter, spec.threads, adapter)
 
 
 def detect(obj: Any) -> str | None:

@@ -79,6 +79,9 @@ class AppUpstreamSpec:
     app: str
     #: Threads of a WSGI app's pool (a blocking handler holds one); unused for ASGI.
     threads: Annotated[int, Gt(0)] = 8
+    #: Seconds a WSGI request waits for a free thread, then 503 ``upstream_busy``: the
+    #: ``pool_timeout`` of an HTTP upstream, for the app's threads. Unused for ASGI.
+    queue_timeout: Annotated[float, Gt(0)] = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,13 @@
 """Dispatch to an in-process app (gateway/inprocess.py, docs/in-process-apps.md): a
 blueprint through the gateway's Quart app under its internal mount; an ASGI or WSGI app
 called directly, with ``root_path`` set to the stripped prefix so that it generates correct
-URLs. HTTP requests and WebSocket sessions both come here."""
+URLs. HTTP requests and WebSocket sessions both come here.
+
+A WSGI app waits for a thread of its pool (gateway/pipeline/wsgi.py) at most its upstream's
+``queue_timeout``, or the route's ``timeout`` when that is set and shorter; past it the
+request is answered **503 ``upstream_busy``** with ``Retry-After: 1``, as an HTTP upstream
+without a free pooled connection within ``pool_timeout`` is: the app never saw the request,
+so any client may send it again."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from gateway.asgi_types import ASGIApp, Message, Receive, Send
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import ClientDisconnected, GatewayError
 from gateway.inprocess import InProcessApp, Lifespans, mount_point
+from gateway.pipeline.wsgi import AppBusy, WSGIAdapter
 from gateway.state import RouteRuntime
 
 log = logging.getLogger("quartgate")
@@ -120,10 +127,17 @@ class InProcessDispatch:
         if app is None or app.asgi is None:
             await call(inner, receive, send_with_id)
             return
+        wsgi = app.wsgi
         try:
-            await call(inner, receive, send_with_id)
+            if wsgi is not None:
+                await wsgi.serve(inner, receive, send_with_id, queue_wait(runtime, wsgi))
+            else:
+                await call(inner, receive, send_with_id)
         except (GatewayError, ClientDisconnected, asyncio.CancelledError):
             raise
+        except AppBusy as busy:  # the app never saw the request: safe to send again
+            detail = f"in-process app {name!r}: {busy}"
+            raise GatewayError(503, "upstream_busy", detail, [(b"retry-after", b"1")]) from None
         except Exception as error:  # the app's bug: logged with its traceback, answered 500
             log.exception(
                 "in-process app %r failed on %s", name, scope["path"],
@@ -135,6 +149,15 @@ class InProcessDispatch:
         if not started and ctx.error == "payload_too_large":
             limit = self._max_body
             raise GatewayError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+
+
+def queue_wait(runtime: RouteRuntime, wsgi: WSGIAdapter) -> float:
+    """Seconds a request of this route waits for a thread: the upstream's ``queue_timeout``,
+    or the route's deadline (``timeout``, carried by ``runtime.retry``) when shorter."""
+    deadline = runtime.retry.timeout if runtime.retry is not None else 0.0
+    if deadline and deadline < wsgi.queue_timeout:
+        return deadline
+    return wsgi.queue_timeout
 
 
 def limited_receive(receive: Receive, limit: int, ctx: RequestContext) -> Receive:

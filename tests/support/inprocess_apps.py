@@ -87,6 +87,29 @@ def flask_fail() -> str:
     raise RuntimeError("a bug in the app")
 
 
+@flask_app.get("/endless")
+def flask_endless() -> Response:
+    """A stream that never ends by itself: only the server closing its iterator stops it.
+    ``started`` gets one byte when the generator begins, ``closed`` one when its ``finally``
+    runs (``GeneratorExit`` at its yield: the iterator was closed)."""
+    started = request.args["started"]
+    closed = request.args["closed"]
+
+    @stream_with_context
+    def chunks() -> Iterator[bytes]:
+        with open(started, "a") as file:
+            file.write("x")
+        try:
+            while True:
+                yield b"tick\n"
+                time.sleep(0.01)
+        finally:
+            with open(closed, "a") as file:
+                file.write("x")
+
+    return Response(chunks(), content_type="text/plain")
+
+
 # ---- Starlette (ASGI) -----------------------------------------------------------------------
 
 
