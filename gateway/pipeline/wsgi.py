@@ -94,7 +94,12 @@ class WSGIAdapter:
             if not await self._admit(exchange, wait):
                 return  # the client left while it waited: nobody to run the app for
             environ = environ_of(scope, Input(exchange))
-            job = self._pool.submit(contextvars.copy_context().run, exchange.run, self.app, environ)
+            context = contextvars.copy_context()
+            try:
+                job = self._pool.submit(context.run, exchange.run, self.app, environ)
+            except BaseException:
+                self._release()
+                raise
             job.add_done_callback(self._on_done(loop))
             with contextlib.suppress(ClientGone):
                 await asyncio.wrap_future(job)
@@ -126,6 +131,10 @@ class WSGIAdapter:
             free.release()
             return False
         return True
+
+    def _release(self) -> None:
+        assert self._free is not None
+        self._free.release()
 
     def _on_done(self, loop: asyncio.AbstractEventLoop) -> Callable[[Future[None]], None]:
         """The thread is given back when the app's call has returned, not when the request
@@ -210,14 +219,18 @@ class Exchange:
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the loop and wait for it; ClientGone if the client leaves
         while it waits (a send the server holds back forever cannot hold the thread)."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        except RuntimeError:  # the loop is closed: the request is over
+            coroutine.close()
+            raise ClientGone("the event loop is closed") from None
         while True:
             try:
                 return future.result(_POLL)
             except TimeoutError:
                 if future.done():
                     raise  # the coroutine's own TimeoutError
-                if self.left.is_set():
+                if self.left.is_set() or self.loop.is_closed():
                     future.cancel()
                     raise ClientGone("the client left") from None
 
