@@ -1,6 +1,8 @@
-"""Hostile WebSocket handshakes against a real gateway (each engine) and a real upstream:
-bytes before the 101 never leave a session open, and headers the client names in
-``Connection`` are hop-by-hop on the WebSocket path as on HTTP."""
+"""Hostile WebSocket clients against a real gateway (each engine) and a real upstream:
+bytes before the 101 never leave a session open, headers the client names in
+``Connection`` are hop-by-hop on the WebSocket path as on HTTP, and a frame that breaks
+RFC 6455 is answered with a close frame (1002, 1007) and one log line, not a silent drop
+or a traceback."""
 
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.gateway import ENGINES, GatewayProcess
-from tests.support.ws_client import client, head_and_body, raw_handshake
+from tests.support.ws_client import (
+    client,
+    close_frame,
+    head_and_body,
+    raw_handshake,
+    raw_session,
+    read_until_closed,
+    ws_frame,
+)
 from tests.support.ws_upstream import WebSocketUpstream
 
 CONFIG = """
@@ -190,3 +200,61 @@ async def test_a_ping_flood_from_a_client_that_never_reads_stays_bounded(
     async with client(f"ws://127.0.0.1:{gateway.port}/ws/echo") as ws:  # still serving
         await ws.send("after")
         assert await ws.recv() == "after"
+
+
+#: Frames that break RFC 6455, and the close code each earns (7.4.1).
+VIOLATIONS = {
+    "unmasked": (ws_frame(0x1, b"hi", mask=False), 1002),  # 5.1: a client masks every frame
+    "reserved-opcode": (ws_frame(0x3, b"hi"), 1002),  # 5.2: 0x3-0x7 are reserved
+    "rsv2-bit": (b"\xa1\x82\x00\x00\x00\x00hi", 1002),  # 5.2: no extension uses it
+    "continuation-first": (ws_frame(0x0, b"hi"), 1002),  # 5.4: nothing to continue
+    "fragmented-ping": (ws_frame(0x9, b"", fin=False), 1002),  # 5.5: control frames are whole
+    "invalid-utf-8": (ws_frame(0x1, b"\xff\xfe"), 1007),  # 8.1: text is UTF-8
+}
+
+
+@pytest.mark.parametrize("name", list(VIOLATIONS))
+async def test_a_protocol_violation_is_answered_with_a_close_frame(
+    gateway: GatewayProcess, upstream: WebSocketUpstream, name: str
+) -> None:
+    """RFC 6455 7.1.7: the connection is failed with a close frame (Hypercorn used to drop
+    it silently), then closed; the upstream gets the same code and reason."""
+    data, code = VIOLATIONS[name]
+    path = f"/ws/{gateway.engine}-{name}/echo"  # one upstream for both engines' gateways
+    reader, writer, _ = await raw_session(gateway.port, path)
+    writer.write(data)
+    received = await read_until_closed(reader)
+    writer.close()
+    # One unmasked close frame and nothing else, then the connection closed.
+    assert received[:1] == b"\x88" and received[1] == len(received) - 2, received
+    assert int.from_bytes(received[2:4], "big") == code, received
+    reason = received[4:].decode("utf-8")
+    if code == 1007:
+        assert received == close_frame(1007, "invalid UTF-8 text")
+    assert await upstream.next_close(path) == (code, reason)
+
+
+async def test_invalid_utf_8_costs_one_log_line_and_no_traceback(
+    gateway: GatewayProcess, upstream: WebSocketUpstream
+) -> None:
+    """uvicorn logged a traceback for each such message: any client could flood the log."""
+    path = f"/ws/{gateway.engine}-utf8-log/echo"
+    reader, writer, _ = await raw_session(gateway.port, path)
+    port = writer.get_extra_info("sockname")[1]
+    writer.write(ws_frame(0x1, b"caf\xc3"))  # a truncated two-byte sequence
+    received = await read_until_closed(reader)
+    writer.close()
+    assert received == close_frame(1007, "invalid UTF-8 text")
+    assert await upstream.next_close(path) == (1007, "invalid UTF-8 text")
+    line = f"{port}): WebSocket closed with 1007: invalid UTF-8 text"
+    deadline = time.monotonic() + 10
+    while line not in gateway.logs():
+        assert time.monotonic() < deadline, gateway.logs()[-2000:]
+        await asyncio.sleep(0.05)
+    logs = gateway.logs()
+    assert [entry for entry in logs.splitlines() if str(port) in entry] == [
+        entry for entry in logs.splitlines() if line in entry
+    ]
+    assert len([entry for entry in logs.splitlines() if line in entry]) == 1
+    assert "Traceback" not in logs
+    assert "Invalid UTF-8" not in logs  # uvicorn's own message

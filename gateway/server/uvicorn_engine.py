@@ -10,7 +10,9 @@ so that the same settings mean the same on both engines:
 
 - ``keep_alive_timeout`` (hypercorn.toml): a connection that has not started a request
   head within it of opening or of its last response is closed (uvicorn alone never times
-  out a connection that has sent nothing yet).
+  out a connection that has sent nothing yet). One idle timer, the gateway's, in seconds
+  as configured: uvicorn's own (``timeout_keep_alive``, whole seconds: 0.5 became 0, which
+  closed every connection after its first response) is never armed.
 - ``[gateway] header_timeout``: from the first byte of a request head to its end, at most
   that long, then 408 and close (as gateway/server/protocol_guard.py does on Hypercorn).
 - ``h11_max_incomplete_size``: a request head still incomplete after a read and larger
@@ -18,8 +20,9 @@ so that the same settings mean the same on both engines:
 - ``keep_alive_max_requests``: the response to a connection's last allowed request says
   ``Connection: close``; during the drain every response does.
 - The parser's own refusals carry the gateway's JSON error body, as on Hypercorn, and the
-  gateway's status: 501 for a method httptools does not know (llhttp has a fixed list),
-  413 for a Content-Length too large to parse, else 400.
+  gateway's status: 501 for a method token httptools does not know (llhttp has a fixed
+  list), 413 for a Content-Length too large to parse, else 400 (bytes that are not HTTP,
+  such as a TLS ClientHello sent to a plain port, are no method: 400, as on Hypercorn).
 
 WebSocket handshakes reach the app as on Hypercorn (uvicorn's sans-I/O ``websockets``
 protocol, with the ``websocket.http.response`` extension); ``Upgrade: h2c`` is ignored.
@@ -36,6 +39,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
@@ -52,6 +56,12 @@ from gateway.edge.errors import error_body
 from gateway.environment import Environment
 from gateway.server.app_loader import build_app
 from gateway.server.drain import going_away, on_stop_signals, stop_accepting, wait_quiet
+from gateway.websocket.client_limits import (
+    ACCEPT_MAX_MESSAGE_SIZE,
+    INVALID_UTF8,
+    SERVER_FAILED,
+    bound_inflation,
+)
 
 log = logging.getLogger("quartgate")
 
@@ -59,6 +69,9 @@ log = logging.getLogger("quartgate")
 #: How often each worker checks its connections' idle and header timeouts (seconds): a
 #: timeout fires up to this much late.
 SWEEP = 0.25
+#: How a request head that starts with a method token begins (RFC 9110 9.1, 5.6.2): the
+#: token, then a space or the end of what has arrived.
+_METHOD_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?: |\Z)")
 
 
 class Refusal(NamedTuple):
@@ -142,14 +155,19 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         #: loop.time() when the connection went idle / a head began; None when not.
         self._idle_since: float | None = self.loop.time()
         self._head_since: float | None = None
+        #: The read being parsed while no head has begun (where the next head starts),
+        #: and the first bytes of the current head when it began at the start of a read.
+        self._feed: bytes | None = None
+        self._head_start: bytes | None = None
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, with the head accounting and the parser's refusals told apart."""
-        self._unset_keepalive_if_required()
+        began_before = self._head_since is not None
+        self._feed = data if not began_before and not self.busy() else None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserInvalidMethodError:
-            self._refuse(self._limits.unknown_method)
+            self._refuse(self._method_refusal(data, began_before))
             return
         except httptools.HttpParserError as error:
             overflow = "Content-Length overflow" in str(error)
@@ -157,9 +175,13 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             return
         except httptools.HttpParserUpgrade:
             # Upgrade: websocket goes to the app as a WebSocket handshake (as on Hypercorn);
-            # any other Upgrade (h2c) is never honoured: served as plain HTTP/1.1.
-            if self._should_upgrade():
+            # any other Upgrade (h2c) is never honoured: served as plain HTTP/1.1. A head
+            # refused already (a handshake with a body) is not upgraded: uvicorn would
+            # raise on it (a traceback for each such request).
+            if self._should_upgrade() and self._refused is None and not self.transport.is_closing():
                 self.handle_websocket_upgrade()
+        finally:
+            self._feed = None
         if self._head_since is not None and not self.transport.is_closing():
             self._head_bytes += len(data)  # the head is still incomplete after this read
             if self._head_bytes > self._limits.head_limit:
@@ -169,6 +191,23 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head_since = self.loop.time()
         self._head_bytes = 0
+        feed = self._feed
+        # A head that begins a read: its first bytes. One behind another request in the
+        # same read begins at an offset the parser does not tell: None.
+        self._head_start = feed[:64] if feed is not None else None
+        self._feed = None
+
+    def _method_refusal(self, data: bytes, began_before: bool) -> Refusal:
+        """501 for a method token llhttp does not know (``BREW``), 400 for bytes that are
+        no method at all (a TLS ClientHello on a plain port): the two h11 tells apart."""
+        start = self._head_start
+        if start is None:  # behind another request in the same read: a token, as before
+            return self._limits.unknown_method
+        if began_before:  # the head's first bytes came in an earlier read
+            start += data[:64]
+        if _METHOD_TOKEN.match(start.lstrip(b"\r\n")):
+            return self._limits.unknown_method
+        return self._limits.bad_request
 
     def on_headers_complete(self) -> None:
         self._head_since = self._idle_since = None
@@ -188,8 +227,14 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
                 cycle.keep_alive = False
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.transport.is_closing() or self.pipeline:
+        """uvicorn's, less its keep-alive timer: the sweep is the connection's idle timer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # the next pipelined request runs; the connection is not idle
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
             return
         if self._refused is not None:  # the responses before the refused bytes went out
             self._answer(self._refused)
@@ -240,12 +285,19 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, with its pongs under flow control.
+    """uvicorn's WebSocket protocol, with its pongs under flow control, inflation bounded by
+    the route's limit and protocol violations answered in one log line.
 
-    uvicorn answers each ping with ``transport.write`` and never stops reading, so a client
-    that sends pings and reads nothing grew a worker by ~190 MB in 15 s (found by an
-    adversarial pass). Here, once the transport's write buffer is over its high-water mark
-    after a pong, reading stops until the client has read (``resume_writing``).
+    - uvicorn answers each ping with ``transport.write`` and never stops reading, so a
+      client that sends pings and reads nothing grew a worker by ~190 MB in 15 s (found by
+      an adversarial pass). Here, once the transport's write buffer is over its high-water
+      mark after a pong, reading stops until the client has read (``resume_writing``).
+    - A compressed message inflates at most to the route's ``max_message_size`` (from the
+      gateway's ``websocket.accept``), then 1009; uvicorn's own bound is its 16 MiB
+      ``ws_max_size`` (gateway/websocket/client_limits.py).
+    - A text message that is not UTF-8 is closed with 1007 and one log line (uvicorn logs
+      a traceback for each: a log flood any client can cause); every violation the server
+      closes is one line and tells the app with ``SERVER_FAILED``.
     """
 
     _pong_paused = False
@@ -262,6 +314,55 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             self._pong_paused = False
             if not self.read_paused:  # the message path may hold reading paused itself
                 self.transport.resume_reading()
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "websocket.accept":
+            limit = message.get(ACCEPT_MAX_MESSAGE_SIZE)
+            if limit:
+                bound_inflation(self.conn.extensions, int(limit))
+        await super().send(message)
+
+    def send_receive_event_to_app(self) -> None:
+        """uvicorn's, with invalid UTF-8 closed by :meth:`handle_parser_exception` (one log
+        line) instead of ``logger.exception`` (a traceback per message)."""
+        frames = self.frames
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self.frames = []
+        if self.close_sent:  # past websocket.close: dropped, reading goes on to the reply
+            return
+        event: Any
+        if self.curr_msg_data_type == "text":
+            try:
+                event = {"type": "websocket.receive", "text": bytes(data).decode()}
+            except UnicodeDecodeError:
+                self.conn.send_close(1007, INVALID_UTF8)
+                self.handle_parser_exception()
+                return
+        else:
+            event = {"type": "websocket.receive", "bytes": data}
+        self.queue.put_nowait(event)
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def handle_parser_exception(self) -> None:
+        """The connection failed (a violation, a message too big): the close frame the
+        library queued, one log line, the app told, then the connection closed."""
+        close = self.conn.close_sent
+        if close is None:  # nothing was sent: uvicorn's own handling
+            super().handle_parser_exception()
+            return
+        log.info("client %s: WebSocket closed with %d: %s", self.client, close.code, close.reason)
+        disconnect: Any = {
+            "type": "websocket.disconnect",
+            "code": close.code,
+            "reason": close.reason,
+            SERVER_FAILED: True,
+        }
+        self.queue.put_nowait(disconnect)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
 
 
 class Server(uvicorn.Server):
@@ -315,7 +416,8 @@ async def _serve(
         proxy_headers=False,
         server_header=config.include_server_header,
         date_header=config.include_date_header,
-        timeout_keep_alive=int(config.keep_alive_timeout),
+        # No timeout_keep_alive: uvicorn's timer is never armed (on_response_complete);
+        # keep_alive_timeout is the sweep's (Limits.idle_timeout), fractions honoured.
         timeout_graceful_shutdown=int(config.graceful_timeout),
         backlog=config.backlog,
     )

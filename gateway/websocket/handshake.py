@@ -24,6 +24,7 @@ from gateway.edge.forwarding import FORWARD_DROP, untrusted_headers
 from gateway.edge.head import RequestHead
 from gateway.edge.headers import connection_tokens, match_host
 from gateway.policies.cors import CorsPolicy
+from gateway.websocket.client_limits import ACCEPT_MAX_MESSAGE_SIZE
 from gateway.websocket.connect import Refused, accept_headers
 from gateway.websocket.relay import Session
 from gateway.websocket.sessions import SessionObserver, Sessions
@@ -240,7 +241,14 @@ class WebSocketProxy:
         reply += ctx.response_headers
         for policy in runtime.policies:
             policy.on_response(ctx, reply)
-        accept: Message = {"type": "websocket.accept", "headers": reply}
+        # The route's limit, for the server's inflation of compressed messages
+        # (gateway/websocket/client_limits.py): it negotiated compression before the route
+        # was known. Servers ignore keys they do not know.
+        accept: Message = {
+            "type": "websocket.accept",
+            "headers": reply,
+            ACCEPT_MAX_MESSAGE_SIZE: settings.max_message_size,
+        }
         if connection.subprotocol is not None:
             accept["subprotocol"] = connection.subprotocol
         try:

@@ -12,7 +12,8 @@ Close codes (docs/websocket.md has the table): a side's close code and reason go
 other side as they are; codes that must not be sent on the wire are replaced (1005 "no
 status" becomes 1000; a side that vanished without a close, 1006, becomes 1001 towards the
 upstream and 1011 towards the client). The gateway's own closes: 1009 for a message over
-``max_message_size``, 1001 for ``idle_timeout`` and for a drain (SIGTERM).
+``max_message_size``, 1001 for ``idle_timeout`` and for a drain (SIGTERM), and the code of
+a client's protocol violation, which the server closed (``SERVER_FAILED``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.asgi_types import Message, Receive, Send
 from gateway.edge.context import RequestContext
+from gateway.websocket.client_limits import SERVER_FAILED
 from gateway.websocket.limits import WebSocketSettings
 from upstreams.target import Target
 
@@ -48,14 +50,25 @@ CLOSE_GRACE: Final = 5.0
 class Close:
     """How a session ended: the codes sent (or seen) on each side, and who started it."""
 
-    __slots__ = ("by", "client_code", "reason", "upstream_code")
+    __slots__ = ("by", "client_closed", "client_code", "reason", "upstream_code")
 
-    def __init__(self, by: str, client_code: int, upstream_code: int, reason: str = "") -> None:
-        #: "client", "upstream" or "gateway" (too big, idle, drain, error).
+    def __init__(
+        self,
+        by: str,
+        client_code: int,
+        upstream_code: int,
+        reason: str = "",
+        *,
+        client_closed: bool = False,
+    ) -> None:
+        #: "client", "upstream" or "gateway" (too big, idle, drain, error, a violation).
         self.by = by
         self.client_code = client_code
         self.upstream_code = upstream_code
         self.reason = reason
+        #: The client side is closed already: the server failed the connection (a
+        #: protocol violation, a message too big) and sent its close frame itself.
+        self.client_closed = client_closed
 
 
 class Session:
@@ -169,6 +182,10 @@ class Session:
                 if code == ABNORMAL or (code == NO_STATUS and "reason" not in message):
                     return Close("client", ABNORMAL, GOING_AWAY, "client went away")
                 reason = message.get("reason") or ""
+                if message.get(SERVER_FAILED):
+                    # The server failed the connection (gateway/websocket/client_limits.py):
+                    # the upstream gets the code and reason the client got.
+                    return Close("gateway", code, code, reason, client_closed=True)
                 return Close("client", code, NORMAL if code in LOCAL_ONLY else code, reason)
 
     async def _from_upstream(self) -> Close:
@@ -219,7 +236,7 @@ class Session:
     async def _finish(self, close: Close) -> None:
         """Close whichever side did not close itself."""
         tasks = []
-        if close.by != "client":
+        if close.by != "client" and not close.client_closed:
             tasks.append(self._close_client(close.client_code, close.reason))
         if close.by != "upstream" or self.upstream.protocol.close_sent is None:
             tasks.append(self._close_upstream(close.upstream_code, close.reason))
