@@ -60,7 +60,7 @@ def test_the_scan_reads_every_header_the_later_stages_need() -> None:
     assert head.transfer_encoding is None
     assert head.connection == b"keep-alive, x-hop"
     assert head.traceparent == PARENT
-    assert not head.control_character and not head.duplicate_host
+    assert not head.control_character and head.duplicate is None
     assert head.size == sum(len(n) + len(v) for n, v in headers)
 
 
@@ -105,13 +105,47 @@ def test_transfer_encoding_twice_is_a_conflict() -> None:
 )
 def test_more_than_one_host_is_seen(hosts: list[bytes]) -> None:
     head = RequestHead([(b"host", h) for h in hosts], ID)
-    assert head.duplicate_host
+    assert head.duplicate == b"host"
     assert head.host == hosts[-1]
 
 
 def test_no_host_is_an_empty_host() -> None:
     head = RequestHead([(b"accept", b"*/*")], ID)
-    assert head.host == b"" and not head.duplicate_host
+    assert head.host == b"" and head.duplicate is None
+
+
+def test_two_authorization_headers_are_seen_one_is_not() -> None:
+    twice = [(b"authorization", b"Bearer garbage"), (b"authorization", b"Bearer good")]
+    assert RequestHead(twice, ID).duplicate == b"authorization"
+    assert RequestHead(twice[1:], ID).duplicate is None
+
+
+@pytest.mark.parametrize(
+    ("sent", "seen"),
+    [
+        (b"admin.test ", b"admin.test"),
+        (b"admin.test\t", b"admin.test"),
+        (b" \tadmin.test \t ", b"admin.test"),
+        (b"admin.test.", b"admin.test"),
+        (b"admin.test.:8080", b"admin.test:8080"),
+        (b"admin.test. ", b"admin.test"),
+        (b"[::1]:8080", b"[::1]:8080"),
+        (b"a.test", b"a.test"),
+    ],
+)
+def test_the_host_is_read_without_whitespace_or_a_trailing_dot(sent: bytes, seen: bytes) -> None:
+    headers = [(b"host", sent), (b"x-user", b"dave ")]
+    head = RequestHead(headers, ID)
+    assert head.host == seen
+    # ... and so is what every later stage reads: the scope's own list.
+    assert headers == [(b"host", seen), (b"x-user", b"dave")]
+
+
+def test_values_without_whitespace_are_left_as_they_are() -> None:
+    headers = [(b"host", b"a.test"), (b"x-a", b"in ner"), (b"x-empty", b"")]
+    original = list(headers)
+    RequestHead(headers, ID)
+    assert headers == original
 
 
 @pytest.mark.parametrize("value", [b"a\x00b", b"a\rb", b"a\nb", b"\x7f", b"\x1b[0m"])

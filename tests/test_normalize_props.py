@@ -31,7 +31,16 @@ from routes.model import RouteSpec
         (b"/../../etc", "/etc", b"/etc"),
         (b"/api/..%2Fadmin", "/admin", b"/admin"),
         (b"/api/..%5Cadmin", "/admin", b"/admin"),
-        (b"/raw/a%2Fb%20c/%7Euser;p=1", "/raw/a/b c/~user;p=1", b"/raw/a%2Fb%20c/%7Euser;p=1"),
+        (b"/raw/a%2Fb%20c/%7Euser;p=1", "/raw/a/b c/~user", b"/raw/a%2Fb%20c/%7Euser;p=1"),
+        # ";" parameters are not part of the path a route matches (Tomcat, Spring, Jetty)
+        (b"/admin;x", "/admin", b"/admin;x"),
+        (b"/admin;jsessionid=1/page", "/admin/page", b"/admin;jsessionid=1/page"),
+        (b"/admin%3bx", "/admin", b"/admin%3bx"),
+        (b"/;/admin", "/admin", b"/admin"),
+        (b"/;x=1/admin;y", "/admin", b"/admin;y"),
+        (b"/admin/;x", "/admin/", b"/admin/"),
+        (b"/items/5;v=2", "/items/5", b"/items/5;v=2"),
+        (b"//admin;x", "/admin", b"/admin;x"),
         (b"/x/%C3%A9", "/x/\u00e9", b"/x/%C3%A9"),
         (b"/a\\b", "/a/b", b"/a\\b"),
         (b"/public\\..\\admin", "/admin", b"/admin"),
@@ -44,7 +53,17 @@ def test_normalize_examples(raw: bytes, match: str, forward: bytes) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"/a%00b", b"/a%0d%0aSet-Cookie:x", b"/a%zz", b"/a%2", b"/public/..;/admin", b"*", b"x"],
+    [
+        b"/a%00b",
+        b"/a%0d%0aSet-Cookie:x",
+        b"/a%zz",
+        b"/a%2",
+        b"/public/..;/admin",
+        b"/public/.;x/admin",
+        b"/public/%2e%2e%3b/admin",
+        b"*",
+        b"x",
+    ],
 )
 def test_normalize_refuses_hostile(raw: bytes) -> None:
     with pytest.raises(GatewayError) as caught:
@@ -60,6 +79,14 @@ def test_escaped_slash_reject_mode() -> None:
     assert normalize_path(b"/api/a-b", "reject") == ("/api/a-b", b"/api/a-b")
 
 
+@pytest.mark.parametrize("raw", [b"/admin;x", b"/admin%3Bx", b"/;/admin", b"/a/b;c=d"])
+def test_path_parameters_reject_mode(raw: bytes) -> None:
+    with pytest.raises(GatewayError) as caught:
+        normalize_path(raw, "keep", "reject")
+    assert caught.value.status == 400
+    assert caught.value.detail == "path parameter (;) in path"
+
+
 def test_absolute_form_split() -> None:
     assert split_absolute(b"http://evil.example:81/admin") == (b"evil.example:81", b"/admin")
     assert split_absolute(b"HTTPS://h") == (b"h", b"/")
@@ -72,7 +99,8 @@ def test_absolute_form_split() -> None:
 
 SEGMENTS = st.sampled_from(
     ["a", "b", "api", "admin", ".", "..", "%2e", "%2E%2e", ".%2e", "", "%2F", "%5C",
-     "..%2F", "%2F..", "x%2Fy", "%41", "~", "a.b", "%20", "a\\b", "..\\", "\\.."]
+     "..%2F", "%2F..", "x%2Fy", "%41", "~", "a.b", "%20", "a\\b", "..\\", "\\..",
+     ";", ";x", "admin;x", "api;jsessionid=1", "%3b", "admin%3Bx", "..;", "a;b=c"]
 )  # fmt: skip
 
 
@@ -80,10 +108,13 @@ ROUTES = (("api", "/api"), ("admin", "/admin"), ("root", "/"))
 
 
 def upstream_view(forward: bytes) -> str:
-    """How a typical upstream reads a path: decode (also %2F and %5C), resolve dots."""
-    text = unquote(forward.decode("ascii")).replace("\\", "/")
+    """How a Java upstream (Tomcat, Spring) reads a path: ``;`` parameters off each raw
+    segment, then decode (also %2F and %5C), resolve dots."""
+    raw = "/".join(s.partition(";")[0] for s in forward.decode("ascii").split("/"))
+    text = unquote(raw).replace("\\", "/")
     out: list[str] = []
     for segment in text.split("/")[1:]:
+        segment = segment.partition(";")[0]  # an escaped ";" is one to a lenient reader
         if segment == "..":
             if out:
                 out.pop()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from tests.support.configs import MEMORY_RATE_LIMIT_ROUTES
 from tests.support.edge import RedisServer
+from tests.support.forgetful import ForgetfulProxy
 from tests.support.gateway import GatewayProcess
 from tests.support.pipeline_cases import sha
 from tests.support.upstream import UpstreamServer
@@ -171,3 +173,63 @@ def test_redis_down_applies_on_backend_error(
     assert closed.status_code == 503  # deny: fail closed
     assert closed.json()["error"] == "rate_limit_unavailable"
     assert "rate-limit backend redis failed" in gateway.logs()
+
+
+def test_a_redis_restart_lets_no_request_through_unlimited(
+    upstream: UpstreamServer,
+    tmp_path: Path,
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """Pooled connections to the Redis that went away are dead: each must be replaced, not
+    fail its next request open (``on_backend_error = "allow"``)."""
+    redis = RedisServer(tmp_path).start()
+    gateway = make_gateway(config_text(upstream, redis))
+
+    async def burst() -> list[int]:  # requests at once hold several pooled connections
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+            responses = await asyncio.gather(*(client.get("/fail-open/x") for _ in range(16)))
+        return sorted(r.status_code for r in responses)
+
+    assert asyncio.run(burst()) == [200] + [429] * 15
+    redis.stop()
+    redis.start()  # empty: the bucket is full again, one request's worth
+    try:
+        statuses = [get(gateway, "/fail-open/x").status_code for _ in range(6)]
+    finally:
+        redis.stop()
+    assert statuses == [200, 429, 429, 429, 429, 429]
+    assert "rate-limit backend redis failed" not in gateway.logs()
+
+
+def test_redis_connections_reset_by_a_failover_are_replaced_not_failed_open(
+    upstream: UpstreamServer,
+    tmp_path: Path,
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """After a failover (a rebooted host, a moved virtual IP) every pooled connection still
+    looks open and is reset when next used. Each such request must be counted on a new
+    connection, not let through: the bucket is empty, so every one is a 429."""
+    redis = RedisServer(tmp_path).start()
+    try:
+        with ForgetfulProxy(redis.path) as proxy:
+            url = f"redis://127.0.0.1:{proxy.port}/0"
+            gateway = make_gateway(CONFIG.format(
+                upstream=upstream.url, redis=url, alice=sha("alice-key"), bob=sha("bob-key")
+            ))  # fmt: skip
+
+            async def burst() -> list[int]:  # requests at once hold several connections
+                async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+                    responses = await asyncio.gather(
+                        *(client.get("/fail-open/x") for _ in range(16))
+                    )
+                return sorted(r.status_code for r in responses)
+
+            assert asyncio.run(burst()) == [200] + [429] * 15
+            pooled = proxy.accepted
+            proxy.forget()
+            statuses = [get(gateway, "/fail-open/x").status_code for _ in range(pooled + 2)]
+            assert statuses == [429] * (pooled + 2)
+            assert proxy.accepted > pooled  # a dead connection was replaced by a new one
+    finally:
+        redis.stop()
+    assert "rate-limit backend redis failed" not in gateway.logs()

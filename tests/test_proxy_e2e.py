@@ -386,7 +386,17 @@ upstream = "tiny"
         holder.cancel()
         # The gateway keeps serving after all of it.
         assert (await client.get("/slow?delay=0")).status_code == 200
-    assert "502 upstream_unreachable" in gateway.logs()
+    # A client learns the upstream's name and the kind of failure, never where it runs;
+    # the operator's log line has the address.
+    for answer, port in ((refused, dead), (slow, upstream.port), (busy, upstream.port)):
+        assert "127.0.0.1" not in answer.text and str(port) not in answer.text, answer.text
+    assert refused.json()["detail"] == "upstream 'dead': connection refused"
+    assert slow.json()["detail"] == "upstream 'slow': read timed out"
+    assert busy.json()["detail"] == "upstream 'tiny': no free connection within pool_timeout"
+    logs = gateway.logs()
+    assert "502 upstream_unreachable" in logs
+    assert f"upstream 'dead': connect to http://127.0.0.1:{dead} failed" in logs
+    assert f"(target http://127.0.0.1:{upstream.port})" in logs  # the timeout's target
 
 
 async def test_connect_timeout_is_504(make_gateway: Callable[..., GatewayProcess]) -> None:

@@ -6,9 +6,16 @@ They carry no HTTP status: mapping a failure to a status is the gateway's decisi
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class UpstreamError(Exception):
-    """Base of every failure to get a (complete) response from an upstream."""
+    """Base of every failure to get a (complete) response from an upstream.
+
+    The message (``str(error)``) is for the operator's log and may name the target's
+    address; :attr:`public` is what a client may be told: the same failure without it.
+    """
 
     #: True when no byte of a response was received, so the request may be replayed.
     before_response: bool = True
@@ -16,6 +23,15 @@ class UpstreamError(Exception):
     sent_to: str = ""
     #: How many times the request was sent again before it failed (for logs and metrics).
     retries: int = 0
+
+    def __init__(self, message: str = "", *, public: str | None = None) -> None:
+        super().__init__(message)
+        self._public = public
+
+    @property
+    def public(self) -> str:
+        """The failure as a client may read it: no address, host or port of a target."""
+        return self._public if self._public is not None else str(self)
 
 
 class UpstreamConnectError(UpstreamError):
@@ -25,8 +41,8 @@ class UpstreamConnectError(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     """Connect, write or read did not finish within its configured timeout."""
 
-    def __init__(self, message: str, *, phase: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, phase: str, public: str | None = None) -> None:
+        super().__init__(message, public=public if public is not None else f"{phase} timed out")
         self.phase = phase
 
 
@@ -66,3 +82,13 @@ class UpstreamOverloaded(UpstreamError):
 
 class RouteTimeout(UpstreamError):
     """The route's total deadline (``timeout``) passed before a response head arrived."""
+
+
+def connect_failure(error: OSError) -> str:
+    """A failed connect as a client may read it: the errno's text, never the address
+    (asyncio's own message is ``Connect call failed ('10.0.0.7', 8080)``)."""
+    if error.errno is not None:
+        if error.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        return "connect failed: " + os.strerror(error.errno).lower()
+    return "connect failed"

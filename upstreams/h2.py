@@ -117,16 +117,24 @@ def _translate(
 ) -> UpstreamError:
     result: UpstreamError
     if isinstance(error, httpx.PoolTimeout):
-        result = PoolExhausted(f"no free connection to {target.url} within pool_timeout")
+        result = PoolExhausted(
+            f"no free connection to {target.url} within pool_timeout",
+            public="no free connection within pool_timeout",
+        )
     elif isinstance(error, httpx.ConnectTimeout):
         result = UpstreamTimeout(f"connect to {target.url} timed out", phase="connect")
     elif isinstance(error, httpx.TimeoutException):
         phase = "write" if isinstance(error, httpx.WriteTimeout) else "read"
         result = UpstreamTimeout(f"upstream {phase} timed out", phase=phase)
     elif isinstance(error, httpx.ConnectError):
-        result = UpstreamConnectError(f"connect to {target.url} failed: {error}")
+        result = UpstreamConnectError(
+            f"connect to {target.url} failed: {error}", public="connect failed"
+        )
     else:
-        result = UpstreamProtocolError(str(error) or type(error).__name__)
+        # httpx's text may quote the peer's address: the client is told the kind of failure.
+        result = UpstreamProtocolError(
+            str(error) or type(error).__name__, public="connection reset or protocol error"
+        )
     result.before_response = before_response
     result.sent_to = target.url
     return result

@@ -20,6 +20,7 @@ from upstreams.errors import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamTimeout,
+    connect_failure,
 )
 from upstreams.h1.connection import H1Connection
 from upstreams.h1.framing import BODILESS_RESPONSE_METHODS, request_bytes, write_streamed_body
@@ -107,7 +108,9 @@ class ConnectionPool:
 
     async def _acquire(self) -> tuple[H1Connection, bool]:
         if self._refusing:
-            raise UpstreamConnectError(f"pool for {self.target.url} is closed")
+            raise UpstreamConnectError(
+                f"pool for {self.target.url} is closed", public="pool closed"
+            )
         idle = self._idle
         if idle:
             loop = asyncio.get_running_loop()
@@ -167,7 +170,9 @@ class ConnectionPool:
             self._total -= 1
             self._grant_slot()
             reason = error.strerror or str(error)
-            raise UpstreamConnectError(f"connect to {target.url} failed: {reason}") from None
+            raise UpstreamConnectError(
+                f"connect to {target.url} failed: {reason}", public=connect_failure(error)
+            ) from None
         except BaseException:
             self._total -= 1
             self._grant_slot()
@@ -228,7 +233,9 @@ class ConnectionPool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(UpstreamConnectError(f"pool for {self.target.url} closed"))
+                waiter.set_exception(
+                    UpstreamConnectError(f"pool for {self.target.url} closed", public="pool closed")
+                )
 
 
 class _BodyStream:
@@ -289,4 +296,9 @@ def _may_replay(error: UpstreamError, conn: H1Connection, request: UpstreamReque
 
 def _pool_timeout(fut: asyncio.Future[H1Connection | None], target: TargetSpec) -> None:
     if not fut.done():
-        fut.set_exception(PoolExhausted(f"no free connection to {target.url} within pool_timeout"))
+        fut.set_exception(
+            PoolExhausted(
+                f"no free connection to {target.url} within pool_timeout",
+                public="no free connection within pool_timeout",
+            )
+        )

@@ -47,6 +47,10 @@ class GatewaySettings:
     #: Escaped slashes (%2F, %5C) in paths: "keep" (match as separators, forward as sent)
     #: or "reject" (400). docs/hardening.md.
     escaped_slashes: str = "keep"
+    #: ``;`` path parameters (``/admin;jsessionid=1``): "keep" (routes match the path
+    #: without them, as Tomcat, Spring and Jetty serve it; forwarded as sent) or "reject"
+    #: (400). docs/hardening.md.
+    path_parameters: str = "keep"
     #: W3C traceparent: "propagate", "start" (also begin traces) or "off"
     #: (gateway/edge/traceparent.py).
     traceparent: str = "propagate"

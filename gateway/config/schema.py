@@ -20,7 +20,7 @@ from gateway.config.route_tables import ROUTES
 from gateway.config.shared_tables import CONSUMERS, JWT_PROVIDERS, REDIS
 from gateway.config.tables import keys_table, table
 from gateway.config.upstream_tables import UPSTREAMS, Upstreams
-from gateway.edge.normalize import ESCAPED_SLASH_ACTIONS
+from gateway.edge.normalize import ESCAPED_SLASH_ACTIONS, PATH_PARAMETER_ACTIONS
 from gateway.edge.traceparent import TRACE_MODES
 from gateway.observability.sections import MetricsSettings
 
@@ -44,6 +44,7 @@ GATEWAY = table(
     checks={
         "request_id_header": header_name,
         "escaped_slashes": one_of(ESCAPED_SLASH_ACTIONS),
+        "path_parameters": one_of(PATH_PARAMETER_ACTIONS),
         "traceparent": one_of(TRACE_MODES),
     },
 )

@@ -166,5 +166,6 @@ class EdgeChecks:
         check_target(scope)
         if head.control_character:
             raise self._refuse(scope, "control character in a header value")
-        if head.duplicate_host:
-            raise self._refuse(scope, "more than one Host header")
+        if head.duplicate is not None:
+            name = "Host" if head.duplicate == b"host" else "Authorization"
+            raise self._refuse(scope, f"more than one {name} header")

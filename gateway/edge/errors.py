@@ -23,7 +23,11 @@ log = logging.getLogger("quartgate")
 
 
 class GatewayError(Exception):
-    """A request the gateway answers itself, with ``status`` and a machine-readable ``code``."""
+    """A request the gateway answers itself, with ``status`` and a machine-readable ``code``.
+
+    ``detail`` goes to the client; ``log_detail``, when given, to the log line instead (an
+    upstream failure names the target's address there, never in the response).
+    """
 
     def __init__(
         self,
@@ -31,12 +35,14 @@ class GatewayError(Exception):
         code: str,
         detail: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
+        log_detail: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
         self.headers = list(headers)
+        self.log_detail = log_detail if log_detail is not None else detail
 
 
 class Reply(Exception):
@@ -56,31 +62,42 @@ class ClientDisconnected(Exception):
 
 
 def from_upstream(error: UpstreamError, upstream: str) -> GatewayError:
-    """Map an upstream failure to the status Envoy and nginx would answer with."""
+    """Map an upstream failure to the status Envoy and nginx would answer with.
+
+    The client reads the upstream's name and the kind of failure (``error.public``); the
+    log line also has the target's address (``str(error)``, ``sent_to``).
+    """
+    status, code, retry_after = _upstream_status(error)
+    if isinstance(error, RouteTimeout):  # its text already names the upstream
+        detail, logged = error.public, str(error)
+    else:
+        detail = f"upstream {upstream!r}: {error.public}"
+        logged = f"upstream {upstream!r}: {error}"
+    if error.sent_to and error.sent_to not in logged:
+        logged += f" (target {error.sent_to})"
+    headers = [(b"retry-after", retry_after)] if retry_after is not None else []
+    return GatewayError(status, code, detail, headers, log_detail=logged)
+
+
+def _upstream_status(error: UpstreamError) -> tuple[int, str, bytes | None]:
+    """``(status, code, Retry-After)`` of an upstream failure."""
     if isinstance(error, PoolExhausted):
-        return GatewayError(
-            503, "upstream_busy", f"upstream {upstream!r}: {error}", [(b"retry-after", b"1")]
-        )
+        return 503, "upstream_busy", b"1"
     if isinstance(error, NoHealthyTarget):  # Envoy's "no healthy upstream"
-        wait = b"%d" % error.retry_after
-        return GatewayError(
-            503, "no_healthy_upstream", f"upstream {upstream!r}: {error}", [(b"retry-after", wait)]
-        )
+        return 503, "no_healthy_upstream", b"%d" % error.retry_after
     if isinstance(error, UpstreamOverloaded):  # the per-upstream cap on requests in flight
-        return GatewayError(
-            503, "upstream_overloaded", f"upstream {upstream!r}: {error}", [(b"retry-after", b"1")]
-        )
+        return 503, "upstream_overloaded", b"1"
     if isinstance(error, RouteTimeout):  # the route's deadline across all tries
-        return GatewayError(504, "route_timeout", str(error))
+        return 504, "route_timeout", None
     if isinstance(error, UpstreamTimeout):
-        return GatewayError(504, "upstream_timeout", f"upstream {upstream!r}: {error}")
+        return 504, "upstream_timeout", None
     if isinstance(error, UpstreamConnectError):
-        return GatewayError(502, "upstream_unreachable", f"upstream {upstream!r}: {error}")
+        return 502, "upstream_unreachable", None
     if isinstance(error, UpstreamInvalidResponse):  # Envoy's "upstream protocol error"
-        return GatewayError(502, "upstream_invalid_response", f"upstream {upstream!r}: {error}")
+        return 502, "upstream_invalid_response", None
     if isinstance(error, UpstreamProtocolError):
-        return GatewayError(502, "upstream_reset", f"upstream {upstream!r}: {error}")
-    return GatewayError(502, "bad_gateway", f"upstream {upstream!r}: {error}")
+        return 502, "upstream_reset", None
+    return 502, "bad_gateway", None
 
 
 def error_body(code: str, detail: str, request_id: str) -> bytes:

@@ -13,7 +13,11 @@ Hypercorn decoded it and forwarded byte-exact. Anything else takes the slow path
   or refused (``reject``);
 - ``.`` / ``..`` segments (also as ``%2e``) are resolved and empty segments merged
   (Envoy's ``normalize_path`` + ``merge_slashes``); ``..;x`` style segments (Tomcat path
-  parameters on dot segments) are refused.
+  parameters on dot segments) are refused;
+- ``;`` path parameters (``/admin;jsessionid=1``, also as ``%3B``) are not part of the path
+  routes match (``path_parameters = "keep"``: Tomcat, Spring and Jetty serve ``/admin``
+  for it, so the ``/admin`` route and its policies apply; forwarded as sent) or refused
+  (``"reject"``); a segment of parameters alone (``/;x/admin``) is dropped.
 
 When normalisation changed the path, the normalised path is what is forwarded (as Envoy
 does), re-encoded, so the upstream acts on exactly the path the route was chosen for.
@@ -29,8 +33,10 @@ from urllib.parse import quote
 from gateway.asgi_types import Scope
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError
+from gateway.edge.head import normalise_host
 
 ESCAPED_SLASH_ACTIONS: Final = ("keep", "reject")
+PATH_PARAMETER_ACTIONS: Final = ("keep", "reject")
 
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 #: What RFC 3986 allows unescaped in a path segment (pchar minus "%").
@@ -45,6 +51,7 @@ def needs_normalizing(raw_path: bytes) -> bool:
         or b"//" in raw_path
         or b"/." in raw_path
         or b"\\" in raw_path
+        or b";" in raw_path
     )
 
 
@@ -64,16 +71,21 @@ def split_absolute(raw_target: bytes) -> tuple[bytes, bytes] | None:
     return authority, path
 
 
-def normalize_path(raw_path: bytes, escaped_slashes: str = "keep") -> tuple[str, bytes]:
+def normalize_path(
+    raw_path: bytes, escaped_slashes: str = "keep", path_parameters: str = "keep"
+) -> tuple[str, bytes]:
     """``(match_path, forward_path)`` for an origin-form path; GatewayError(400) if hostile.
 
-    ``match_path`` is decoded (UTF-8, like Hypercorn's ``scope["path"]``) and has no dot or
-    empty segments; ``forward_path`` is ``raw_path`` itself when nothing changed.
+    ``match_path`` is decoded (UTF-8, like Hypercorn's ``scope["path"]``), has no dot or
+    empty segments and no ``;`` parameters; ``forward_path`` is ``raw_path`` itself when
+    nothing but parameters and escapes set them apart.
     """
     if raw_path[:1] != b"/":
         raise GatewayError(400, "bad_request", "request target must be an absolute path")
     reject_slashes = escaped_slashes == "reject"
-    decoded: list[bytes] = []
+    reject_parameters = path_parameters == "reject"
+    matched: list[bytes] = []  # segments as routes see them: no parameters
+    forward: list[bytes] = []  # the same segments as the upstream gets them: parameters kept
     changed = False
     raw_segments = raw_path[1:].split(b"/")
     last = len(raw_segments) - 1
@@ -86,33 +98,47 @@ def normalize_path(raw_path: bytes, escaped_slashes: str = "keep") -> tuple[str,
             raise GatewayError(400, "bad_request", "escaped slash or backslash in path")
         for number, segment in enumerate(pieces):
             final = index == last and number == len(pieces) - 1
-            if segment == b"..":
+            bare = segment
+            if b";" in segment:
+                if reject_parameters:
+                    raise GatewayError(400, "bad_request", "path parameter (;) in path")
+                # "/admin;jsessionid=1" is "/admin" to Tomcat, Spring and Jetty: the
+                # route is chosen for the path they will serve.
+                bare = segment[: segment.index(b";")]
+                if bare == b"." or bare == b"..":
+                    raise GatewayError(400, "bad_request", "dot segment with parameters")
+                if not bare:
+                    changed = True  # parameters alone (";x"): nothing to route or forward
+                    segment = b""
+            if bare == b"..":
                 changed = True
-                if decoded:
-                    decoded.pop()
+                if matched:
+                    matched.pop()
+                    forward.pop()
                 if final:
-                    decoded.append(b"")  # "/a/b/.." is "/a/", as RFC 3986 5.2.4
-            elif segment == b".":
+                    matched.append(b"")  # "/a/b/.." is "/a/", as RFC 3986 5.2.4
+                    forward.append(b"")
+            elif bare == b".":
                 changed = True
                 if final:
-                    decoded.append(b"")
-            elif not segment:
+                    matched.append(b"")
+                    forward.append(b"")
+            elif not bare:
                 if final:
-                    decoded.append(b"")  # the trailing slash is kept
+                    matched.append(b"")  # the trailing slash is kept
+                    forward.append(b"")
                 else:
                     changed = True  # "//" merged
             else:
-                if segment[:3] == b"..;" or segment[:2] == b".;":
-                    raise GatewayError(400, "bad_request", "dot segment with parameters")
-                decoded.append(segment)
-    if decoded and decoded[-1] == b"" and len(decoded) == 1:
-        decoded = []
-    match_bytes = b"/" + b"/".join(decoded)
-    match = match_bytes.decode("utf-8", "replace")
+                matched.append(bare)
+                forward.append(segment)
+    if len(matched) == 1 and matched[0] == b"":
+        matched = forward = []
+    match = (b"/" + b"/".join(matched)).decode("utf-8", "replace")
     if not changed:
         return match, raw_path
-    forward = "/" + "/".join(quote(s, safe=_SAFE) for s in decoded)
-    return match, forward.encode("ascii")
+    rebuilt = "/" + "/".join(quote(s, safe=_SAFE) for s in forward)
+    return match, rebuilt.encode("ascii")
 
 
 def _unescape(raw: bytes) -> bytes:
@@ -142,7 +168,9 @@ def _unescape(raw: bytes) -> bytes:
     return bytes(out)
 
 
-def normalize_scope(scope: Scope, host: bytes, escaped_slashes: str) -> bytes:
+def normalize_scope(
+    scope: Scope, host: bytes, escaped_slashes: str, path_parameters: str = "keep"
+) -> bytes:
     """Normalise ``scope``'s path in place (the slow path); returns the Host to match on.
 
     For an absolute-form target the authority becomes the Host (RFC 9112 3.2.2); the
@@ -151,23 +179,28 @@ def normalize_scope(scope: Scope, host: bytes, escaped_slashes: str) -> bytes:
     raw: bytes = scope["raw_path"]
     absolute = split_absolute(raw)
     if absolute is not None:
-        host, raw = absolute
-    match, forward = normalize_path(raw, escaped_slashes)
+        authority, raw = absolute
+        host = normalise_host(authority)
+    match, forward = normalize_path(raw, escaped_slashes, path_parameters)
     scope["path"] = match
     scope["raw_path"] = forward
     return host
 
 
 class Normaliser:
-    """The normalisation stage, built once per snapshot (``[gateway] escaped_slashes``)."""
+    """The normalisation stage, built once per snapshot (``[gateway] escaped_slashes``,
+    ``path_parameters``)."""
 
-    __slots__ = ("_escaped_slashes",)
+    __slots__ = ("_escaped_slashes", "_path_parameters")
 
-    def __init__(self, escaped_slashes: str) -> None:
+    def __init__(self, escaped_slashes: str, path_parameters: str = "keep") -> None:
         self._escaped_slashes = escaped_slashes
+        self._path_parameters = path_parameters
 
     def normalise(self, ctx: RequestContext) -> None:
         """Normalise the path in place when it needs it; the Host may change with it."""
         scope = ctx.scope
         if needs_normalizing(scope["raw_path"]):
-            ctx.host = normalize_scope(scope, ctx.host, self._escaped_slashes)
+            ctx.host = normalize_scope(
+                scope, ctx.host, self._escaped_slashes, self._path_parameters
+            )

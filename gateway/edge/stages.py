@@ -31,6 +31,6 @@ def build_edge(settings: GatewaySettings, trusted: TrustedProxies) -> EdgeStages
     return EdgeStages(
         EdgeChecks.for_requests(count, size),
         EdgeChecks.for_handshakes(count, size),
-        Normaliser(settings.escaped_slashes),
+        Normaliser(settings.escaped_slashes, settings.path_parameters),
         Identity(trusted, settings.traceparent),
     )

@@ -38,7 +38,7 @@ class ErrorMapping:
                 scope["path"],
                 error.status,
                 error.code,
-                error.detail,
+                error.log_detail,
                 extra={"request_id": rid},
             )
         else:

@@ -190,16 +190,27 @@ class RateLimitPolicy:
 
 
 def make_redis(url: str, timeout: float) -> Redis:
-    """A client that fails fast: no retries, short timeouts (the request is waiting)."""
+    """A client that fails fast: short timeouts (the request is waiting), and one retry,
+    at once, only for a connection that turns out to be dead.
+
+    After a failover (a rebooted host, a moved virtual IP) every pooled connection looks
+    open until it is used and reset: without that retry each one failed its next command,
+    and with ``on_backend_error = "allow"`` one request per pooled connection passed
+    unlimited. The retry reconnects first; a Redis that is really down refuses the new
+    connection at once, and a timeout is never retried (it would double the request's
+    wait). A clean restart (a FIN on every connection) is caught by redis-py itself when
+    it hands out a pooled connection.
+    """
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     client: Redis = Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         health_check_interval=0,
     )
     return client

@@ -38,6 +38,7 @@ class TryTimeout:
             error = UpstreamTimeout(
                 f"{self._url} sent no response head within per_try_timeout {timeout:g}s",
                 phase="read",
+                public=f"no response head within per_try_timeout {timeout:g}s",
             )
             error.sent_to = self._url
             raise error from None
