@@ -100,7 +100,8 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
             spec.preserve_host,
             mount,
             build_policies(spec.name, policies, resources),
-            _retry_policy(policies) if upstream is not None else None,
+            # In process, the route's deadline bounds the wait for a WSGI thread.
+            _retry_policy(policies),
             websocket,
             connector,
         )

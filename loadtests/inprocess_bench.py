@@ -2,7 +2,7 @@
 
     python -m loadtests.inprocess_bench [--seconds 5] [--runs 3] [--connections 64]
 
-1. **in-process WSGI**: a Flask app (``upstreams.X.app``, a2wsgi thread pool);
+1. **in-process WSGI**: a Flask app (``upstreams.X.app``, the gateway's WSGI thread pool);
 2. **in-process ASGI**: a Starlette app, called directly;
 3. **separate server**: the same Starlette app under uvicorn (one worker, httptools) as a
    network upstream of the gateway, the usual "second server" deployment.
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir,
     )  # fmt: skip
     systems = {
-        "in-process WSGI (Flask, a2wsgi)": gateway(
+        "in-process WSGI (Flask)": gateway(
             workdir, "wsgi", f'[upstreams.u]\napp = "{APPS}:flask_app"', args.engine
         ),
         "in-process ASGI (Starlette)": gateway(

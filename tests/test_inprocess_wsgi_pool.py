@@ -117,3 +117,25 @@ async def test_a_wsgi_request_finding_every_thread_busy_is_a_503_after_queue_tim
         again = tmp_path / "again"
         again.mkdir()
         await all_threads_serve_at_once(http, again)
+
+
+async def test_the_routes_timeout_bounds_the_wait_for_a_thread_when_shorter(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    config = CONFIG.replace(f"queue_timeout = {QUEUE_TIMEOUT}", "queue_timeout = 60")
+    gateway = make_gateway(config + f"timeout = {QUEUE_TIMEOUT}\n")
+    marker, release = tmp_path / "blocking", tmp_path / "release"
+    params = {"marker": str(marker), "release": str(release)}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        blocked = [
+            asyncio.ensure_future(http.get("/flask/block", params=params)) for _ in range(THREADS)
+        ]
+        await until(lambda: count(marker) == THREADS, "every thread held by a blocked handler")
+        busy = await http.get("/flask/hundred")
+        assert not any(task.done() for task in blocked)  # answered long before a minute
+        release.touch()
+        await asyncio.gather(*blocked)
+    assert busy.status_code == 503
+    assert busy.json()["detail"] == (
+        f"in-process app 'flask': no free thread within {QUEUE_TIMEOUT:g} s"
+    )
