@@ -34,6 +34,11 @@ name = "ws"
 path = "/ws"
 upstream = "ws"
 websocket = true
+
+[access_log]
+path = "{access_log}"
+format = "json"
+flush_interval = 0.05
 """
 
 HANDSHAKE = (
@@ -59,10 +64,23 @@ def gateway(
 ) -> Iterator[GatewayProcess]:
     folder = tmp_path_factory.mktemp(f"ws-hostile-{request.param}")
     path = folder / "gateway.toml"
-    path.write_text(CONFIG.format(upstream=upstream.url))
+    path.write_text(CONFIG.format(upstream=upstream.url, access_log=folder / "access.log"))
     process = GatewayProcess(path, engine=str(request.param)).start()
     yield process
     process.stop()
+
+
+def access_record(gateway: GatewayProcess, path: str, timeout: float = 10.0) -> dict[str, object]:
+    """The access log line of the session on ``path``, waited for."""
+    log = gateway.config.parent / "access.log"
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in log.read_text().splitlines() if log.exists() else ():
+            record = json.loads(line)
+            if record["path"] == path:
+                return dict(record)
+        assert time.monotonic() < deadline, f"no access log line for {path}"
+        time.sleep(0.05)
 
 
 async def send_raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
@@ -132,7 +150,7 @@ async def test_frames_sent_before_the_101_leave_no_session_open(
     (300 s by default): 20 such handshakes must leave nothing open."""
     folder = tmp_path_factory.mktemp("ws-early")
     path = folder / "gateway.toml"
-    path.write_text(CONFIG.format(upstream=upstream.url))
+    path.write_text(CONFIG.format(upstream=upstream.url, access_log=folder / "access.log"))
     gateway = GatewayProcess(path, engine=engine).start()
     try:
         while not upstream.closed.empty():
@@ -232,6 +250,8 @@ async def test_a_protocol_violation_is_answered_with_a_close_frame(
     if code == 1007:
         assert received == close_frame(1007, "invalid UTF-8 text")
     assert await upstream.next_close(path) == (code, reason)
+    record = await asyncio.to_thread(access_record, gateway, path)
+    assert record["error"] == f"ws_close:{code}:{code}:gateway"  # the gateway's server closed
 
 
 async def test_invalid_utf_8_costs_one_log_line_and_no_traceback(
@@ -258,3 +278,23 @@ async def test_invalid_utf_8_costs_one_log_line_and_no_traceback(
     assert len([entry for entry in logs.splitlines() if line in entry]) == 1
     assert "Traceback" not in logs
     assert "Invalid UTF-8" not in logs  # uvicorn's own message
+
+
+async def test_a_message_over_the_servers_own_cap_fails_the_connection_1009(
+    gateway: GatewayProcess, upstream: WebSocketUpstream
+) -> None:
+    """Past the server's cap (16 MiB on both engines, before the route's check) the client
+    gets 1009 and the connection is closed. Hypercorn sent the 1009 but kept the connection,
+    and the partial message grew with all the client sent on (+76 MiB for 60 MiB more)."""
+    path = f"/ws/{gateway.engine}-over-cap/echo"
+    reader, writer, _ = await raw_session(gateway.port, path)
+    writer.write(ws_frame(0x2, bytes(16 * 1024 * 1024 + 1)))
+    received = await read_until_closed(reader, timeout=30.0)
+    writer.close()
+    assert received[:1] == b"\x88" and received[1] == len(received) - 2, received
+    assert int.from_bytes(received[2:4], "big") == 1009
+    assert "16777216" in received[4:].decode("utf-8")  # the server's cap, in its words
+    code, _ = await upstream.next_close(path)
+    assert code == 1009
+    record = await asyncio.to_thread(access_record, gateway, path)
+    assert record["error"] == "ws_close:1009:1009:gateway"

@@ -163,7 +163,9 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """uvicorn's, with the head accounting and the parser's refusals told apart."""
         began_before = self._head_since is not None
-        self._feed = data if not began_before and not self.busy() else None
+        cycle = self.cycle  # no request in progress either: the next head starts here
+        at_rest = not began_before and (cycle is None or cycle.response_complete)
+        self._feed = data if at_rest else None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserInvalidMethodError:

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.asgi_types import Message, Receive, Send
 from gateway.edge.context import RequestContext
-from gateway.websocket.client_limits import SERVER_FAILED
+from gateway.websocket.client_limits import SERVER_FAILED, truncate
 from gateway.websocket.limits import WebSocketSettings
 from upstreams.target import Target
 
@@ -254,15 +254,7 @@ class Session:
             code = GOING_AWAY
         # close() waits for the upstream's answer up to close_timeout, then drops the TCP
         # connection; it never raises for a connection that is already closed.
-        await self.upstream.close(code, _truncate(reason))
+        await self.upstream.close(code, truncate(reason))
 
     def elapsed(self) -> float:
         return perf_counter() - self.opened
-
-
-def _truncate(reason: str) -> str:
-    """A close reason fits in 123 bytes of UTF-8 (RFC 6455 5.5.1)."""
-    encoded = reason.encode("utf-8")
-    if len(encoded) <= 123:
-        return reason
-    return encoded[:123].decode("utf-8", "ignore")
