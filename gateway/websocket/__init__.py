@@ -6,5 +6,8 @@ client's WebSocket session to a WebSocket connection it opens to the route's ups
   answered with an HTTP error or accepted;
 - :mod:`.relay`: one session, messages both ways until either side closes;
 - :mod:`.sessions`: the open sessions of a worker, closed with 1001 on a drain;
-- :mod:`.hypercorn_close`: Hypercorn 0.18 loses a client's close code; the fix.
+- :mod:`.client_limits`: what the server enforces on a client's frames on either engine
+  (inflation bounded by the route's limit, violations failed with a close frame);
+- :mod:`.hypercorn_close`: Hypercorn 0.18's WebSocket stream corrected (close codes,
+  close frames for violations, bounded inflation).
 """
