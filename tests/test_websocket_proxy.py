@@ -438,6 +438,8 @@ async def test_upstream_handshake_failures_are_json_errors(
     got, headers, body = head_and_body(await raw_handshake(gateway.port, path))
     assert (got, json.loads(body)["error"]) == (status, code)
     assert headers["content-type"] == "application/json"
+    # The upstream's name and the failure, never where its targets run (the log has it).
+    assert b"127.0.0.1" not in body, body
 
 
 async def test_an_upstream_refusing_the_handshake_is_relayed(gateway: GatewayProcess) -> None:

@@ -25,7 +25,7 @@ from gateway.edge.errors import GatewayError
 from gateway.edge.headers import HOP_BY_HOP
 from gateway.websocket.limits import WebSocketSettings
 from upstreams.balancer import hash_bytes, make_balancer
-from upstreams.errors import NoHealthyTarget
+from upstreams.errors import NoHealthyTarget, connect_failure
 from upstreams.layers.picking import Picker
 from upstreams.target import Target
 from upstreams.upstream import Upstream
@@ -148,7 +148,8 @@ class Connector:
         else:
             authority = f"{spec.host}:{spec.port}"
         uri = f"{'wss' if secure else 'ws'}://{authority}{path.decode('ascii')}"
-        name = f"upstream {self.upstream.name!r} ({target.url})"
+        public = f"upstream {self.upstream.name!r}"  # what the client reads: no address
+        name = f"{public} ({target.url})"
         interval = settings.ping_interval or None
         try:
             return await connect(
@@ -179,18 +180,24 @@ class Connector:
             kept = [(n, v) for n, v in kept if n not in ACCEPT_DROP]
             return Refused(response.status_code, kept, bytes(response.body or b""))
         except TimeoutError:
+            reason = f"no WebSocket handshake within {settings.connect_timeout:g} s"
             raise GatewayError(
-                504,
-                "upstream_timeout",
-                f"{name}: no WebSocket handshake within {settings.connect_timeout:g} s",
+                504, "upstream_timeout", f"{public}: {reason}", log_detail=f"{name}: {reason}"
             ) from None
         except OSError as error:
             raise GatewayError(
-                502, "upstream_unreachable", f"{name}: cannot connect: {error}"
+                502,
+                "upstream_unreachable",
+                f"{public}: {connect_failure(error)}",
+                log_detail=f"{name}: cannot connect: {error}",
             ) from None
         except InvalidHandshake as error:
+            # The library's text quotes the upstream's bytes: the operator's log has them.
             raise GatewayError(
-                502, "upstream_invalid_response", f"{name}: invalid WebSocket handshake: {error}"
+                502,
+                "upstream_invalid_response",
+                f"{public}: invalid WebSocket handshake",
+                log_detail=f"{name}: invalid WebSocket handshake: {error}",
             ) from None
 
 

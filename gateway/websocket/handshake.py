@@ -139,7 +139,7 @@ class WebSocketProxy:
                 view["path"],
                 error.status,
                 error.code,
-                error.detail,
+                error.log_detail,
                 extra={"request_id": request_id.decode("ascii")},
             )
             body = error_body(error.code, error.detail, request_id.decode("ascii"))
