@@ -80,7 +80,7 @@ def create_app(
     app.extensions["quartgate"] = proxy
     proxy.apps.update(apps)
     # A drain (SIGTERM, gateway/server/drain.py) closes open WebSocket sessions with 1001.
-    app.extensions["quartgate.going_away"] = proxy.websockets.sessions.going_away
+    app.extensions["quartgate.going_away"] = proxy.sessions.going_away
     hypercorn_close.install()  # the client's close code reaches the app (Hypercorn 0.18)
     # Hot reload (docs/reload.md): SIGHUP, `quartgate reload`, or the admin API.
     reloader = HotReload(proxy, environ or {})

@@ -5,20 +5,22 @@ object per request; measured on one core that halves throughput (docs/baselines.
 for in-process blueprint upstreams, and the lifespan, still go to Quart untouched.
 
 What a request goes through is :meth:`gateway.pipeline.request_path.RequestPath.handle`,
-stage by stage; this layer only picks it by scope type and swaps it with the snapshot.
+stage by stage; a WebSocket handshake goes through it too, on the snapshot's second path
+(the same stages but for those gateway/websocket/handshake.py replaces). This layer only
+picks the path by scope type and swaps both with the snapshot.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable
 
 from gateway.asgi_types import ASGIApp, Receive, Scope, Send
 from gateway.inprocess import InProcessApp, Lifespans
 from gateway.pipeline.inprocess_dispatch import InProcessApps
-from gateway.pipeline.request_path import RequestPath
+from gateway.pipeline.request_path import RequestPath, request_stages
 from gateway.state import GatewayState
-from gateway.websocket.handshake import WebSocketProxy
+from gateway.websocket.handshake import as_request, handshake_stages
+from gateway.websocket.sessions import Sessions
 
 
 class Proxy:
@@ -27,7 +29,10 @@ class Proxy:
     def __init__(self, app: ASGIApp, state: GatewayState) -> None:
         self.app = app
         self._inprocess = InProcessApps(app)
-        self._path = RequestPath(state, self._inprocess)
+        #: The worker's open WebSocket sessions, across snapshots (a reload leaves open
+        #: sessions on theirs; a drain closes them all: ``going_away``).
+        self.sessions = Sessions()
+        self._path, self._handshakes = self._paths(state)
 
     @property
     def state(self) -> GatewayState:
@@ -36,24 +41,24 @@ class Proxy:
 
     @state.setter
     def state(self, state: GatewayState) -> None:
-        # The stages are built here, once per snapshot; requests already on the old path
-        # finish on it (each request reads ``_path`` once).
-        self._path = RequestPath(state, self._inprocess)
+        # The stages are built here, once per snapshot; requests already on the old paths
+        # finish on them (each request reads its path once).
+        self._path, self._handshakes = self._paths(state)
+
+    def _paths(self, state: GatewayState) -> tuple[RequestPath, RequestPath]:
+        """The snapshot's request path, and its handshakes' path made of the same stages."""
+        stages = request_stages(state, self._inprocess)
+        handshakes = handshake_stages(state, stages, self.sessions)
+        return RequestPath(state, stages), RequestPath(state, handshakes)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # Not ``async``: the request's own coroutine is returned, so no frame is added
         # per request on top of the request path's.
         if scope["type"] == "http":
             return self._path.handle(scope, receive, send)
-        if scope["type"] == "websocket":
-            return self._websocket(scope, receive, send)
+        if scope["type"] == "websocket":  # the same walk, ending in the WebSocket dispatch
+            return self._handshakes.handle(as_request(scope), receive, send)
         return self.app(scope, receive, send)
-
-    @functools.cached_property
-    def websockets(self) -> WebSocketProxy:
-        """WebSocket handshakes and the worker's open sessions, across snapshots (a reload
-        leaves open sessions on theirs; a drain closes them all: ``going_away``)."""
-        return WebSocketProxy()
 
     @property
     def apps(self) -> dict[str, InProcessApp]:
@@ -64,9 +69,3 @@ class Proxy:
     def lifespans(self) -> Lifespans:
         """The ASGI lifespans of in-process ASGI apps (their state goes into each scope)."""
         return self._inprocess.lifespans
-
-    def _websocket(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        """A WebSocket handshake: gateway/websocket/ (a route without ``websocket = true``
-        answers a JSON 501, an unknown path 404, never a 101)."""
-        path = self._path
-        return self.websockets(path.state, scope, receive, send, path.to_app)

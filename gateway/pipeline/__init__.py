@@ -7,9 +7,11 @@
 5. route match (route_match.py): 404 / 405;
 6. the route's policies (gateway/policies/);
 7. dispatch: a network upstream (upstream_dispatch.py, with request_body.py and
-   disconnect_watch.py) or an in-process app (inprocess_dispatch.py);
+   disconnect_watch.py), an in-process app (inprocess_dispatch.py), or, for a WebSocket
+   handshake, an upstream connection and a relayed session (websocket_dispatch.py);
 8. error mapping (error_mapping.py): GatewayError, Reply, ClientDisconnected;
 9. observers (access log, metrics, tracing).
 
-Stages 1-4 are shared with WebSocket handshakes (gateway/websocket/handshake.py).
+WebSocket handshakes walk the same chain over the same stage objects, with the stages
+that really differ replaced by name (gateway/websocket/handshake.py: ``handshake_stages``).
 """

@@ -68,8 +68,9 @@ class InProcessDispatch:
         inner = dict(scope)
         inner["headers"] = headers
         websocket = scope["type"] == "websocket"
-        if websocket:
-            del inner["method"]  # the handshake's GET was for the gateway's policies only
+        if websocket:  # the app gets the WebSocket scope (gateway/websocket/handshake.py)
+            del inner["method"]  # the handshake's GET was for the gateway's stages only
+            inner["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
         call: ASGIApp
         if app is None or app.asgi is None:  # a blueprint, mounted in the Quart app
             path = scope["path"]

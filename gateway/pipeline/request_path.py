@@ -1,29 +1,81 @@
-"""The HTTP request path of one snapshot, stage by stage, in :meth:`RequestPath.handle`.
+"""The request path of one snapshot, stage by stage, in :meth:`RequestPath.handle`: for HTTP
+requests and, as Starlette's router does with one ``Match`` for both scope types, for
+WebSocket handshakes.
 
 Each stage is an object built once per snapshot (the edge stages with the snapshot itself,
-gateway/edge/stages.py; the rest here), and ``handle`` calls their bound methods, held in
-slots, in order: no closure, list or task is made per request for the chain itself, and
-the only per-request objects are the head record (the header scan's result, in place of
-the locals it replaced) and the :class:`RequestContext` every stage shares.
+gateway/edge/stages.py; the rest here), named in one :class:`Stages` record, and
+``handle`` calls their bound methods, held in slots, in order: no closure, list or task is
+made per request for the chain itself, and the only per-request objects are the head
+record (the header scan's result, in place of the locals it replaced) and the
+:class:`RequestContext` every stage shares.
+
+A handshake's path is a second ``RequestPath`` of the snapshot, built from the HTTP path's
+:class:`Stages` with the few that differ replaced (gateway/websocket/handshake.py: its edge
+checks, its route match, the WebSocket dispatch, its error mapping and observers); the
+walk is this one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from time import perf_counter
 
 from gateway.asgi_types import Receive, Scope, Send
-from gateway.edge.context import RequestContext
+from gateway.edge.context import Observer, RequestContext
 from gateway.edge.errors import ClientDisconnected, GatewayError, Reply
 from gateway.edge.head import RequestHead
 from gateway.pipeline.error_mapping import ErrorMapping
 from gateway.pipeline.inprocess_dispatch import InProcessApps, InProcessDispatch
 from gateway.pipeline.route_match import RouteMatch
 from gateway.pipeline.upstream_dispatch import UpstreamDispatch
-from gateway.state import GatewayState
+from gateway.state import GatewayState, RouteRuntime
+
+#: ``UpstreamDispatch.forward``: a route served by an upstream (or, for a handshake, the
+#: WebSocket dispatch: an upstream connection and a relayed session).
+Forward = Callable[[RouteRuntime, RequestContext, RequestHead, Receive, Send], Awaitable[None]]
+#: ``InProcessDispatch.to_app``: a route served by an in-process app.
+ToApp = Callable[[RouteRuntime, RequestContext, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stages:
+    """The stages of a request path, in the order ``handle`` walks them."""
+
+    #: Header limits, method, framing, target, CTL, one Host: 400 413 431 501.
+    check_edge: Callable[[Scope, RequestHead], None]
+    #: The path matched is the path forwarded.
+    normalise: Callable[[RequestContext], None]
+    #: Trusted forwarding headers, traceparent.
+    identify: Callable[[RequestContext, bytes | None, str], None]
+    #: The route and what serves it: 404 / 405.
+    match_route: Callable[[RequestContext], RouteRuntime]
+    forward: Forward
+    to_app: ToApp
+    errors: ErrorMapping
+    #: Access log, metrics, tracing.
+    observers: tuple[Observer, ...]
+
+
+def request_stages(state: GatewayState, apps: InProcessApps) -> Stages:
+    """The HTTP request path's stages of a snapshot."""
+    edge = state.edge
+    settings = state.config.gateway
+    id_header = state.request_id_header
+    return Stages(
+        check_edge=edge.requests.check,
+        normalise=edge.normaliser.normalise,
+        identify=edge.identity.identify,
+        match_route=RouteMatch(state.table, state.runtimes).match,
+        forward=UpstreamDispatch(id_header, state.max_body_size, settings.body_timeout).forward,
+        to_app=InProcessDispatch(apps, id_header, state.max_body_size).to_app,
+        errors=ErrorMapping(id_header, access_log=bool(state.config.observability.access_log)),
+        observers=state.observers,
+    )
 
 
 class RequestPath:
-    """``handle`` is the whole path of an HTTP request through the gateway."""
+    """``handle`` is the whole path of a request through the gateway."""
 
     __slots__ = (
         "check_edge",
@@ -36,31 +88,28 @@ class RequestPath:
         "observers",
         "refused",
         "replied",
+        "stages",
         "state",
         "to_app",
     )
 
-    def __init__(self, state: GatewayState, apps: InProcessApps) -> None:
+    def __init__(self, state: GatewayState, stages: Stages) -> None:
         #: The snapshot this path serves; a reload builds a new path for the new one.
         self.state = state
+        #: What the path is made of: a handshake's path is built from a request path's.
+        self.stages = stages
         self.id_header = state.request_id_header
-        self.observers = state.observers
-        edge = state.edge
-        self.check_edge = edge.requests.check
-        self.normalise = edge.normaliser.normalise
-        self.identify = edge.identity.identify
-        self.match_route = RouteMatch(state.table, state.runtimes).match
-        settings = state.config.gateway
-        self.forward = UpstreamDispatch(
-            state.request_id_header, state.max_body_size, settings.body_timeout
-        ).forward
-        self.to_app = InProcessDispatch(apps, state.request_id_header, state.max_body_size).to_app
-        errors = ErrorMapping(
-            state.request_id_header, access_log=bool(state.config.observability.access_log)
-        )
+        self.check_edge = stages.check_edge
+        self.normalise = stages.normalise
+        self.identify = stages.identify
+        self.match_route = stages.match_route
+        self.forward = stages.forward
+        self.to_app = stages.to_app
+        errors = stages.errors
         self.refused = errors.refused
         self.replied = errors.replied
         self.disconnected = errors.disconnected
+        self.observers = stages.observers
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         head = RequestHead(scope["headers"], self.id_header)  # the one pass over headers

@@ -1,11 +1,14 @@
 """WebSocket proxying (docs/websocket.md): a route with ``websocket = true`` relays a
 client's WebSocket session to a WebSocket connection it opens to the route's upstream.
 
-- :mod:`.settings`: the route keys and their defaults;
-- :mod:`.handshake`: the client's handshake (edge checks, policies, the upstream connect),
-  answered with an HTTP error or accepted;
+- :mod:`.limits`: the route keys and their defaults;
+- :mod:`.handshake`: the client's handshake as a request of the request path
+  (gateway/pipeline/), with the stages that differ for it: its edge checks, its route
+  match, the WebSocket dispatch (gateway/pipeline/websocket_dispatch.py), its answers;
+- :mod:`.connect`: the upstream side's connection (a target, the upstream handshake);
 - :mod:`.relay`: one session, messages both ways until either side closes;
-- :mod:`.sessions`: the open sessions of a worker, closed with 1001 on a drain;
+- :mod:`.sessions`: the open sessions of a worker, closed with 1001 on a drain, and how a
+  handshake's observers are told of them;
 - :mod:`.client_limits`: what the server enforces on a client's frames on either engine
   (inflation bounded by the route's limit, violations failed with a close frame);
 - :mod:`.hypercorn_close`: Hypercorn 0.18's WebSocket stream corrected (close codes,
