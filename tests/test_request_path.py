@@ -1,10 +1,15 @@
 """The request path's seams: stages built once per snapshot, the proxy handing the request
 path's own coroutine to the server (no frame of its own), the route-match stage (404, 405,
-its bounded Host cache) and dispatch by route, driven with a stub receive and send."""
+its bounded Host cache) and dispatch by route, driven with a stub receive and send; and
+WebSocket handshakes walking the same path over the same stage objects (the same 405 with
+``Allow``, the same log levels)."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from dataclasses import fields, replace
 from typing import Any
 
 import pytest
@@ -14,10 +19,13 @@ from gateway.config import parse_config
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError
 from gateway.pipeline import route_match
-from gateway.pipeline.request_path import RequestPath
+from gateway.pipeline.inprocess_dispatch import InProcessApps
+from gateway.pipeline.request_path import RequestPath, Stages, request_stages
 from gateway.pipeline.route_match import RouteMatch
 from gateway.proxy import Proxy
-from gateway.state import GatewayState, build_state
+from gateway.state import GatewayState, RouteRuntime, build_state
+from gateway.websocket.handshake import as_request, handshake_stages
+from gateway.websocket.sessions import Sessions
 from tests.support.asgi_scope import http_scope
 
 CONFIG: dict[str, Any] = {
@@ -25,6 +33,8 @@ CONFIG: dict[str, Any] = {
     "routes": [
         {"name": "orders", "path": "/orders", "upstream": "api", "methods": ["GET"]},
         {"name": "shop", "path": "/shop", "upstream": "api", "host": "shop.example"},
+        {"name": "posts", "path": "/posts", "upstream": "api", "methods": ["POST"]},
+        {"name": "live", "path": "/live", "upstream": "api", "websocket": True},
     ],
 }
 
@@ -37,16 +47,30 @@ def scope_of(path: str, method: str = "GET", host: bytes = b"gw") -> dict[str, A
     return http_scope(path.encode(), method=method, headers=[(b"host", host)])
 
 
-async def served(proxy: Proxy, scope: Scope) -> list[Message]:
+def handshake_of(path: str) -> dict[str, Any]:
+    """A WebSocket scope as a server hands it to the gateway (both engines have the
+    ``websocket.http.response`` extension)."""
+    scope = http_scope(path.encode(), headers=[(b"host", b"gw")])
+    del scope["method"], scope["http_version"]
+    scope.update(type="websocket", scheme="ws", subprotocols=[])
+    scope["extensions"] = {"websocket.http.response": {}}
+    return scope
+
+
+async def served(proxy: Proxy | RequestPath, scope: Scope) -> list[Message]:
     sent: list[Message] = []
+    first = "websocket.connect" if scope["type"] == "websocket" else "http.request"
 
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": first, "body": b"", "more_body": False}
 
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await proxy(scope, receive, send)
+    if isinstance(proxy, RequestPath):
+        await proxy.handle(scope, receive, send)
+    else:
+        await proxy(scope, receive, send)
     return sent
 
 
@@ -124,6 +148,123 @@ def test_the_host_cache_never_grows_past_its_bound(monkeypatch: pytest.MonkeyPat
         assert len(stage._hosts) <= 8
     ctx = RequestContext(scope_of("/shop"), b"id", b"shop.example", 0.0)
     assert stage.match(ctx) is snapshot.runtimes["shop"]
+
+
+# ---- WebSocket handshakes: the same path ---------------------------------------------------
+
+
+async def test_a_handshake_is_walked_by_the_request_paths_own_coroutine() -> None:
+    proxy = Proxy(app, state())
+    coroutine = proxy(handshake_of("/live"), _never, _discard)
+    try:
+        assert coroutine.cr_code is RequestPath.handle.__code__  # type: ignore[attr-defined]
+    finally:
+        coroutine.close()  # type: ignore[attr-defined]
+
+
+def test_a_handshake_goes_through_the_request_paths_stage_objects() -> None:
+    snapshot = state()
+    proxy = Proxy(app, snapshot)
+    request, handshake = proxy._path, proxy._handshakes
+    assert handshake.state is snapshot
+    # The same objects, not copies built alike.
+    assert handshake.normalise is request.normalise
+    assert handshake.identify is request.identify
+    assert handshake.to_app is request.to_app
+    assert handshake.match_route.__self__._match is request.match_route  # type: ignore[attr-defined]
+    assert handshake.check_edge.__self__._edge is snapshot.edge.handshakes  # type: ignore[attr-defined]
+    # What differs is named: every other stage of the handshake is the request's.
+    differ = {"check_edge", "match_route", "forward", "errors", "observers"}
+    for name in {field.name for field in fields(Stages)} - differ:
+        assert getattr(handshake.stages, name) is getattr(request.stages, name), name
+    proxy.state = state()  # a reload replaces both paths at once
+    assert proxy._handshakes is not handshake and proxy._handshakes.state is proxy.state
+
+
+async def test_a_stage_replaced_in_the_request_path_is_seen_by_both_scope_types() -> None:
+    snapshot = state()
+    seen: list[tuple[str, str, str]] = []
+    stages = request_stages(snapshot, InProcessApps(app))
+    match = stages.match_route
+
+    def recorded(ctx: RequestContext) -> RouteRuntime:
+        scope = ctx.scope
+        seen.append((scope["type"], scope["method"], scope["path"]))
+        return match(ctx)
+
+    stages = replace(stages, match_route=recorded)
+    request = RequestPath(snapshot, stages)
+    handshake = RequestPath(snapshot, handshake_stages(snapshot, stages, Sessions()))
+    http_sent = await served(request, scope_of("/nowhere"))
+    ws_sent = await served(handshake, as_request(handshake_of("/nowhere")))
+    assert seen == [("http", "GET", "/nowhere"), ("websocket", "GET", "/nowhere")]
+    assert http_sent[0]["type"] == "http.response.start"
+    assert ws_sent[0]["type"] == "websocket.http.response.start"
+    assert http_sent[0]["status"] == ws_sent[0]["status"] == 404
+
+
+async def test_a_handshake_to_a_path_without_get_is_a_405_with_allow() -> None:
+    http_sent = await served(Proxy(app, state()), scope_of("/posts"))
+    ws_sent = await served(Proxy(app, state()), handshake_of("/posts"))
+    start, body = ws_sent
+    assert start["type"] == "websocket.http.response.start"
+    assert start["status"] == 405
+    assert (b"allow", b"POST") in start["headers"]
+    assert json.loads(body["body"])["error"] == "method_not_allowed"
+    assert http_sent[0]["status"] == 405 and (b"allow", b"POST") in http_sent[0]["headers"]
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """The gateway's log records (its logger does not propagate once configured)."""
+    caught: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = caught.append  # type: ignore[method-assign]
+    logger = logging.getLogger("quartgate")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield caught
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "level"),
+    [
+        ("/live", 502, logging.WARNING),  # nothing listens on the upstream's port
+        ("/posts", 405, logging.INFO),
+        ("/nowhere", 404, logging.INFO),  # no access log: a client's 4xx is logged at info
+    ],
+)
+async def test_a_refused_handshake_is_logged_at_the_level_of_the_same_refused_request(
+    records: list[logging.LogRecord], path: str, status: int, level: int
+) -> None:
+    snapshot = state()
+    proxy = Proxy(app, snapshot)
+    try:
+        http_sent = await served(proxy, scope_of(path))
+        ws_sent = await served(proxy, handshake_of(path))
+    finally:
+        await snapshot.aclose()
+    assert http_sent[0]["status"] == ws_sent[0]["status"] == status
+    http_log, ws_log = (r for r in records if " -> " in r.getMessage())
+    assert (http_log.levelno, ws_log.levelno) == (level, level)
+    assert http_log.getMessage().startswith(f"GET {path} -> {status}")
+    assert ws_log.getMessage().startswith(f"websocket GET {path} -> {status}")
+
+
+async def test_a_route_without_websocket_answers_a_handshake_501_and_logs_a_warning(
+    records: list[logging.LogRecord],
+) -> None:
+    sent = await served(Proxy(app, state()), handshake_of("/orders"))
+    start, body = sent
+    assert (start["status"], json.loads(body["body"])["error"]) == (
+        501,
+        "websocket_not_supported",
+    )
+    (line,) = (r for r in records if " -> " in r.getMessage())
+    assert line.levelno == logging.WARNING  # a 5xx, as the HTTP path's 501s
 
 
 async def _never() -> Message:

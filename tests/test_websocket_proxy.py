@@ -96,6 +96,13 @@ path = "/plain"
 upstream = "ws"
 
 [[routes]]
+name = "posts"
+path = "/posts"
+upstream = "ws"
+methods = ["POST", "PUT"]
+websocket = true
+
+[[routes]]
 name = "nowhere"
 path = "/nowhere"
 upstream = "nowhere"
@@ -422,6 +429,21 @@ async def test_a_route_without_websocket_answers_a_json_501(gateway: GatewayProc
     assert status == 501
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"] == "websocket_not_supported"
+
+
+async def test_a_path_without_get_answers_a_handshake_405_with_allow(
+    gateway: GatewayProcess, upstream: WebSocketUpstream
+) -> None:
+    """The handshake is a GET and goes through the request path's own route match: the
+    405 an HTTP GET gets, with its ``Allow``, never a 101."""
+    opened = upstream.connections
+    response = await raw_handshake(gateway.port, "/posts/echo")
+    status, headers, body = head_and_body(response)
+    assert status == 405
+    assert headers["allow"] == "POST, PUT"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"] == "method_not_allowed"
+    assert upstream.connections == opened
 
 
 @pytest.mark.parametrize(
