@@ -42,7 +42,7 @@ def create_app(
     # The HTTP/1.1 rules Hypercorn and h11 lack (no h2c upgrade, no obs-fold, a header
     # timeout, JSON for their own errors). Process-wide and idempotent; inert under other
     # engines, which never use the classes it wraps.
-    protocol_guard.install(config.gateway.header_timeout)
+    protocol_guard.install(config.gateway.header_timeout, config.gateway.max_header_size)
     app = Quart("quartgate")
     # Quart's defaults would cap a proxy silently (docs/known-defects.md): the gateway sets its own.
     app.config.update(

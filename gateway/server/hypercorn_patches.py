@@ -56,7 +56,7 @@ def missing_names() -> list[str]:
         except ImportError:
             missing.append(f"{module_name} (module)")
             continue
-        if not _has(module, dotted):
+        if not has_name(module, dotted):
             missing.append(f"{module_name}.{dotted}")
     return missing
 
@@ -74,7 +74,9 @@ def check() -> None:
         )
 
 
-def _has(obj: Any, dotted: str) -> bool:
+def has_name(obj: Any, dotted: str) -> bool:
+    """Whether ``obj`` has ``dotted``: attributes, an instance attribute its class's
+    ``__init__`` assigns, or a function defined inside a function."""
     head, _, rest = dotted.partition(".")
     value = getattr(obj, head, None)
     if value is None:
@@ -82,7 +84,7 @@ def _has(obj: Any, dotted: str) -> bool:
     if not rest:
         return True
     if hasattr(value, rest.partition(".")[0]):
-        return _has(value, rest)
+        return has_name(value, rest)
     code: types.CodeType | None = None
     if isinstance(value, type):  # an instance attribute: assigned in __init__
         code = getattr(vars(value).get("__init__"), "__code__", None)

@@ -19,6 +19,17 @@ their tests in ``tests/test_protocol_client.py``):
   408 and the connection is closed. Hypercorn's only timer is the keep-alive idle timer.
 - **Hypercorn's own error responses** (400/431 for what h11 refuses) carry the gateway's
   JSON error body and a log line, not an empty body.
+- **HTTP/2 with prior knowledge leaves the HTTP/1.1 head timer behind**: the preface is read
+  as an HTTP/1.1 head (``PRI``) before the connection turns HTTP/2, and the timer it started
+  fired ``header_timeout`` later, writing an HTTP/1.1 408 into the HTTP/2 stream. It is
+  cancelled when the connection turns HTTP/2, which then has only its idle timeout.
+- **HTTP/2 rapid reset**: streams opened and reset faster than Hypercorn's sender ends them
+  fill its priority tree, which then raised ``TooManyStreamsError`` (a traceback, the
+  connection dropped). The client gets GOAWAY ``ENHANCE_YOUR_CALM`` (what nginx and Envoy
+  answer a rapid reset with, CVE-2023-44487) and one log line.
+- **A CONTINUATION flood**: h2 buffers a header block's frames until ``END_HEADERS``, up to
+  64 frames (4 MiB of 64 KiB frames). A header block is cut at ``[gateway]
+  max_header_size`` bytes: GOAWAY ``PROTOCOL_ERROR`` and close, after at most one frame more.
 
 Every private name used is listed in :data:`PRIVATE_NAMES` and checked by :func:`install`,
 which fails loudly if one is gone (an upgrade of Hypercorn or h11 moved it).
@@ -53,21 +64,29 @@ PRIVATE_NAMES: Final = (
     ("hypercorn.protocol.events", "StreamClosed"),
     ("hypercorn.events", "RawData"),
     ("hypercorn.events", "Closed"),
+    ("hypercorn.protocol.h2", "H2Protocol.__init__"),
+    ("hypercorn.protocol.h2", "H2Protocol._create_stream"),
+    ("hypercorn.protocol.h2", "H2Protocol._flush"),
+    ("hypercorn.protocol.h2", "H2Protocol.stream_buffers"),
+    ("h2.frame_buffer", "FrameBuffer._update_header_buffer"),
+    ("h2.frame_buffer", "FrameBuffer._headers_buffer"),
+    ("priority.priority", "TooManyStreamsError"),
 )
 
 #: A request-target as RFC 9112 3.2 allows it on the wire: visible ASCII, no "#".
 _TARGET: Final = re.compile(rb"[!-\"$-~]+")
 
-_settings: dict[str, float] = {"header_timeout": 30.0}
+_settings: dict[str, float] = {"header_timeout": 30.0, "max_header_size": 16384}
 
 
 class ProtocolGuardUnavailable(RuntimeError):
     """h11 or Hypercorn no longer has a name these rules rely on."""
 
 
-def install(header_timeout: float) -> None:
-    """Check the names, then install the rules (once per process; the timeout is updated)."""
+def install(header_timeout: float, max_header_size: int = 16384) -> None:
+    """Check the names, then install the rules (once per process; the limits are updated)."""
     _settings["header_timeout"] = header_timeout
+    _settings["max_header_size"] = max_header_size
     missing = [f"{m}.{n}" for m, n in PRIVATE_NAMES if not _has(m, n)]
     if missing:
         raise ProtocolGuardUnavailable(
@@ -75,6 +94,7 @@ def install(header_timeout: float) -> None:
             + ", ".join(missing)
         )
     import h11._readers as readers
+    from hypercorn.protocol.h2 import H2Protocol
     from hypercorn.protocol.h11 import H11Protocol
     from hypercorn.protocol.http_stream import HTTPStream
 
@@ -83,19 +103,18 @@ def install(header_timeout: float) -> None:
     setattr(readers, "_obsolete_line_fold", _refuse_obs_fold)  # noqa: B010 (a patch)
     _patch_h11_protocol(H11Protocol)
     _patch_http_stream(HTTPStream)
+    _patch_h2_protocol(H2Protocol)
     setattr(H11Protocol, "_quartgate_guard", True)  # noqa: B010
 
 
 def _has(module_name: str, dotted: str) -> bool:
+    from gateway.server.hypercorn_patches import has_name
+
     try:
-        obj: Any = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except ImportError:
         return False
-    for part in dotted.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return False
-    return True
+    return has_name(module, dotted)
 
 
 def _refuse_obs_fold(lines: Iterable[bytes]) -> Iterable[bytes]:
@@ -116,6 +135,12 @@ def _patch_h11_protocol(cls: Any) -> None:
 
     async def _check_protocol(self: Any, event: Any) -> None:
         if event.method == b"PRI":  # HTTP/2 with prior knowledge: Hypercorn's own path
+            # The preface started the HTTP/1.1 head timer; the connection is HTTP/2 now.
+            timer = getattr(self, "_quartgate_header_timer", None)
+            if timer is not None:
+                timer.cancel()
+                self._quartgate_header_timer = None
+            self._quartgate_http2 = True
             await check_protocol(self, event)
         # Upgrade: h2c is never honoured; the request is served as HTTP/1.1.
 
@@ -184,6 +209,7 @@ def _patch_h11_protocol(cls: Any) -> None:
                 and self.stream is None
                 and event.data
                 and getattr(self, "_quartgate_header_timer", None) is None
+                and not getattr(self, "_quartgate_http2", False)
             ):
                 loop = asyncio.get_running_loop()
                 self._quartgate_header_timer = loop.call_later(timeout, _header_expired, self)
@@ -266,3 +292,57 @@ def _patch_http_stream(cls: Any) -> None:
         await handle(self, event)
 
     cls.handle = handle_checked
+
+
+def _patch_h2_protocol(cls: Any) -> None:
+    """Hypercorn's HTTP/2 protocol with rapid reset answered and header blocks bounded."""
+    import h2.errors
+    import h2.exceptions
+    import priority.priority
+    from h2.frame_buffer import FrameBuffer
+    from hypercorn.events import Closed
+
+    init = cls.__init__
+    create_stream = cls._create_stream
+
+    class BoundedFrameBuffer(FrameBuffer):
+        """h2's frame buffer with a header block cut at ``max_header_size`` bytes."""
+
+        def _update_header_buffer(self, f: Any) -> Any:
+            block = self._headers_buffer
+            if block:
+                size = sum(len(frame.data) for frame in block) + len(getattr(f, "data", b""))
+                limit = int(_settings["max_header_size"])
+                if size > limit:
+                    log.info(
+                        "client sent an HTTP/2 header block over %d bytes "
+                        "(CONTINUATION frames); GOAWAY and close",
+                        limit,
+                    )
+                    raise h2.exceptions.ProtocolError(f"header block over {limit} bytes")
+            return super()._update_header_buffer(f)
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.connection.incoming_buffer.__class__ = BoundedFrameBuffer
+
+    async def _create_stream(self: Any, request: Any) -> None:
+        if getattr(self, "_quartgate_calm", False):
+            return  # the connection is going away: no new stream
+        try:
+            await create_stream(self, request)
+        except priority.priority.TooManyStreamsError:
+            self._quartgate_calm = True
+            self.streams.pop(request.stream_id, None)  # made before the priority tree said no
+            self.stream_buffers.pop(request.stream_id, None)
+            log.warning(
+                "client %s opened and reset HTTP/2 streams faster than they end "
+                "(rapid reset); GOAWAY ENHANCE_YOUR_CALM and close",
+                self.client,
+            )
+            self.connection.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            await self._flush()
+            await self.send(Closed())
+
+    cls.__init__ = __init__
+    cls._create_stream = _create_stream
