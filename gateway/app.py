@@ -16,9 +16,8 @@ from gateway.inprocess import BLUEPRINT, InProcessApp
 from gateway.observability.runtime import Observability
 from gateway.ops.reload import HotReload
 from gateway.proxy import Proxy
-from gateway.server import protocol_guard
+from gateway.server.limits import ServerLimits
 from gateway.state import APP_MOUNT, build_state
-from gateway.websocket import hypercorn_close
 
 
 def create_app(
@@ -26,6 +25,7 @@ def create_app(
     runtime_dir: str | None = None,
     apps: Mapping[str, InProcessApp] | None = None,
     environ: Mapping[str, str] | None = None,
+    limits: ServerLimits | None = None,
 ) -> Quart:
     """A Quart app whose proxied routes are served by the :class:`Proxy` layer in front.
 
@@ -34,15 +34,15 @@ def create_app(
     in-process upstreams, imported by the caller (``gateway.inprocess.load_apps``): each
     ``[upstreams.X] app`` needs its entry. ``environ`` holds the variables a reloaded
     config may name (``[admin] token_env``); the app never reads the process environment.
+    ``limits`` are the server engine's (gateway/server/limits.py): filled from ``[gateway]``
+    now and on every reload. Nothing here patches a server; each engine installs its own.
     """
+    limits = limits if limits is not None else ServerLimits()
+    limits.apply(config.gateway)
     apps = dict(apps or {})
     missing = sorted(set(config.app_upstreams) - set(apps))
     if missing:
         raise ValueError(f"create_app: no in-process app given for {', '.join(missing)}")
-    # The HTTP/1.1 rules Hypercorn and h11 lack (no h2c upgrade, no obs-fold, a header
-    # timeout, JSON for their own errors). Process-wide and idempotent; inert under other
-    # engines, which never use the classes it wraps.
-    protocol_guard.install(config.gateway.header_timeout, config.gateway.max_header_size)
     app = Quart("quartgate")
     # Quart's defaults would cap a proxy silently (docs/known-defects.md): the gateway sets its own.
     app.config.update(
@@ -81,9 +81,8 @@ def create_app(
     proxy.apps.update(apps)
     # A drain (SIGTERM, gateway/server/drain.py) closes open WebSocket sessions with 1001.
     app.extensions["quartgate.going_away"] = proxy.sessions.going_away
-    hypercorn_close.install()  # the client's close code reaches the app (Hypercorn 0.18)
     # Hot reload (docs/reload.md): SIGHUP, `quartgate reload`, or the admin API.
-    reloader = HotReload(proxy, environ or {})
+    reloader = HotReload(proxy, environ or {}, limits)
     reloader.prepare.append(observability.apply_control)
     observability.reloader = reloader.reload
     reloader.on_signal = observability.reload_counted  # counted in the reload metrics

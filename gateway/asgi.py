@@ -12,5 +12,18 @@ from __future__ import annotations
 
 from gateway.environment import Environment
 from gateway.server.app_loader import build_app
+from gateway.server.limits import ServerLimits
 
-app = build_app(Environment.read())
+
+def _limits(environment: Environment) -> ServerLimits | None:
+    """Under Hypercorn, its corrections installed (this entry is the one place outside
+    gateway/server/ that asks for them) and the limits they read."""
+    if environment.engine != "hypercorn":
+        return None
+    from gateway.server.hypercorn_engine import install
+
+    return install()
+
+
+_environment = Environment.read()
+app = build_app(_environment, _limits(_environment))

@@ -3,6 +3,7 @@ engine: the idle and header timeouts, the head cap, the per-connection request c
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +55,27 @@ def test_a_slow_head_gets_408_after_header_timeout(start: Start) -> None:
     assert data is not None and data.startswith(b"HTTP/1.1 408"), data
     assert b"request_header_timeout" in data
     assert closed - opened >= 1.0
+
+
+def test_a_reloaded_header_timeout_applies_to_new_heads(
+    start: Start, upstream: UpstreamServer
+) -> None:
+    """``[gateway] header_timeout`` reaches the engine as a value a reload replaces: from
+    30 s (which would never fire within WAIT) to 1 s, on each engine."""
+    gateway = start("keep_alive_timeout = 75.0\n", header_timeout=30.0)
+    gateway.config.write_text(CONFIG.format(upstream=upstream.url, header_timeout=1.0))
+    gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while "config reloaded" not in gateway.logs():
+        assert time.monotonic() < deadline, gateway.logs()
+        time.sleep(0.02)
+    opened = time.monotonic()
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nhost: gw\r\n")  # never the blank line
+        data = closed_within(sock, WAIT)
+    assert data is not None and data.startswith(b"HTTP/1.1 408"), data
+    assert b"no complete request head within 1 s" in data  # the new value, in its words
+    assert time.monotonic() - opened >= 1.0
 
 
 def test_an_idle_connection_is_closed_after_keep_alive_timeout(start: Start) -> None:

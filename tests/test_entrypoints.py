@@ -3,6 +3,7 @@ answers to a bad config, and the checks that guard each engine."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -14,9 +15,9 @@ import httpx
 import pytest
 
 from gateway.config import ENGINES as CONFIG_ENGINES
-from gateway.server import hypercorn_patches, supervisor
+from gateway.server import private_names, supervisor
+from gateway.server.engines import ENGINES as SERVER_ENGINES
 from gateway.server.hypercorn_toml import load_server_config
-from gateway.server.supervisor import ENGINE_MODULES
 from tests.support.gateway import (
     ENGINES,
     ROOT,
@@ -192,27 +193,44 @@ def test_serve_says_a_taken_port_in_one_line(tmp_path: Path) -> None:
 # ---- the Hypercorn workarounds are checked, not assumed ---------------------------------------
 
 
-def test_every_private_hypercorn_name_is_there() -> None:
-    assert hypercorn_patches.missing_names() == []
-    hypercorn_patches.check()
+@pytest.mark.parametrize("server", ["hypercorn", "uvicorn"])
+def test_every_private_server_name_is_there(server: str) -> None:
+    assert private_names.missing_names(server) == []
+    private_names.check(server)
 
 
 def test_a_missing_private_name_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     from hypercorn.asyncio.tcp_server import TCPServer
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     monkeypatch.delattr(TCPServer, "_initiate_server_close")
-    assert hypercorn_patches.missing_names() == [
+    assert private_names.missing_names("hypercorn") == [
         "hypercorn.asyncio.tcp_server.TCPServer._initiate_server_close"
     ]
-    with pytest.raises(hypercorn_patches.HypercornChanged, match="_initiate_server_close"):
-        hypercorn_patches.check()
+    with pytest.raises(private_names.ServerChanged, match="_initiate_server_close"):
+        private_names.check("hypercorn")
+    monkeypatch.delattr(HttpToolsProtocol, "_start_asgi_task")
+    with pytest.raises(private_names.ServerChanged, match="_start_asgi_task"):
+        private_names.check("uvicorn")
+
+
+def test_a_server_version_other_than_the_pinned_one_fails_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(private_names.WRITTEN_FOR, "uvicorn", ("uvicorn", "0.53"))
+    with pytest.raises(private_names.ServerChanged, match=r"it is version 0\.54"):
+        private_names.check("uvicorn")
 
 
 def test_the_engine_names_agree() -> None:
-    assert ENGINES == CONFIG_ENGINES == tuple(ENGINE_MODULES) == tuple(supervisor.ENGINE_PACKAGES)
+    assert ENGINES == CONFIG_ENGINES == tuple(SERVER_ENGINES) == tuple(private_names.NAMES)
 
 
 def test_an_engine_not_installed_is_named_with_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     assert supervisor.missing_packages("uvicorn") == []  # scripts/setup.sh installs [fast]
-    monkeypatch.setitem(supervisor.ENGINE_PACKAGES, "uvicorn", ("uvicorn", "nosuch_package"))
+    monkeypatch.setitem(
+        SERVER_ENGINES,
+        "uvicorn",
+        dataclasses.replace(SERVER_ENGINES["uvicorn"], packages=("uvicorn", "nosuch_package")),
+    )
     assert supervisor.missing_packages("uvicorn") == ["nosuch_package"]

@@ -5,7 +5,10 @@
   cannot be understood one without the other;
 - ``routes`` and ``upstreams`` never import ``gateway``: they are the libraries the gateway
   is made of;
-- only ``gateway/environment.py`` reads the process environment.
+- only ``gateway/environment.py`` reads the process environment;
+- only ``gateway/server/`` imports the servers (hypercorn, h11, httptools, uvicorn, wsproto),
+  and ``gateway/asgi.py``, the plain-server entry; ``create_app`` patches nothing: the
+  engines install what they change of their server, each in its own worker.
 """
 
 from __future__ import annotations
@@ -168,3 +171,36 @@ def test_only_gateway_environment_reads_the_environment() -> None:
         for line in _environment_reads(ast.parse(path.read_text(encoding="utf-8")))
     ]
     assert readers == []
+
+
+#: The server libraries: only gateway/server/ (and the gateway.asgi entry) may import them.
+SERVERS = ("hypercorn", "h11", "httptools", "uvicorn", "wsproto")
+
+
+def _server_imports(tree: ast.AST) -> list[str]:
+    return sorted({m for m in _imported(tree) if m.split(".")[0] in SERVERS})
+
+
+def test_only_gateway_server_imports_the_servers() -> None:
+    offenders = {
+        name: found
+        for name, path in _modules().items()
+        if not name.startswith("gateway.server") and name != "gateway.asgi"
+        for found in [_server_imports(ast.parse(path.read_text(encoding="utf-8")))]
+        if found
+    }
+    assert offenders == {}
+
+
+def test_the_server_import_finder_finds_lazy_imports() -> None:
+    tree = ast.parse("def f():\n    from hypercorn.config import Config\n    import uvicorn\n")
+    assert _server_imports(tree) == ["hypercorn.config", "hypercorn.config.Config", "uvicorn"]
+
+
+def test_create_app_patches_nothing() -> None:
+    """The app factory installs no server patch: gateway/app.py imports no server and
+    nothing of gateway/server/ but the limits value its engine hands it."""
+    tree = ast.parse((ROOT / "gateway" / "app.py").read_text(encoding="utf-8"))
+    server_modules = {m for m in _imported(tree) if m.startswith("gateway.server")}
+    assert server_modules == {"gateway.server.limits", "gateway.server.limits.ServerLimits"}
+    assert _server_imports(tree) == []

@@ -2,7 +2,7 @@
 
 A client that negotiates permessage-deflate can send 100 KB that inflates to 100 MiB. The
 gateway's server inflates a message at most to the route's ``max_message_size``, then fails
-the connection with 1009 (gateway/websocket/client_limits.py): each test plays the client
+the connection with 1009 (gateway/websocket/limits.py): each test plays the client
 with a raw socket or a compressing ``websockets`` client and asserts the close frame it
 got, what the upstream got, and, for the bomb, the worker's peak memory.
 """

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, GatewayConfig, Problem, load_config
+from gateway.server.limits import ServerLimits
 from gateway.state import GatewayState, build_state
 
 if TYPE_CHECKING:
@@ -59,10 +60,14 @@ def needs_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
 class HotReload:
     """Reloads one app's :class:`Proxy` snapshot from its config file."""
 
-    def __init__(self, proxy: Proxy, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, proxy: Proxy, environ: Mapping[str, str], limits: ServerLimits | None = None
+    ) -> None:
         self._proxy = proxy
         #: The variables a config may name (``[admin] token_env``), as the app was given.
         self._environ = environ
+        #: The server engine's limits (gateway/server/limits.py), refilled on each reload.
+        self._limits = limits
         #: Called with each new snapshot before it is swapped in (operator drains, ...).
         self.prepare: list[Callable[[GatewayState], None]] = []
         #: What a SIGHUP runs; the admin layer may wrap :meth:`reload` to count results.
@@ -83,6 +88,8 @@ class HotReload:
                 hook(state)
             state.start()
             self._proxy.state = state
+            if self._limits is not None:  # header_timeout, max_header_size: both engines
+                self._limits.apply(config.gateway)
             for name in needs_restart(old.config, config):
                 log.warning(
                     "%s: [%s] changed: that takes effect at the next start", config.source, name

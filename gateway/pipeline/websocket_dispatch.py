@@ -23,8 +23,8 @@ from gateway.edge.head import RequestHead
 from gateway.edge.headers import connection_tokens
 from gateway.pipeline.error_mapping import HandshakeErrorMapping
 from gateway.state import RouteRuntime
-from gateway.websocket.client_limits import ACCEPT_MAX_MESSAGE_SIZE
 from gateway.websocket.connect import Refused, accept_headers
+from gateway.websocket.limits import ACCEPT_MAX_MESSAGE_SIZE
 from gateway.websocket.relay import Session
 from gateway.websocket.sessions import SESSION, HandshakeObservers, Sessions
 
@@ -155,7 +155,7 @@ class WebSocketDispatch:
         for policy in runtime.policies:
             policy.on_response(ctx, reply)
         # The route's limit, for the server's inflation of compressed messages
-        # (gateway/websocket/client_limits.py): it negotiated compression before the route
+        # (gateway/websocket/limits.py): it negotiated compression before the route
         # was known. Servers ignore keys they do not know.
         accept: Message = {
             "type": "websocket.accept",

@@ -1,8 +1,11 @@
 """One serving worker on Hypercorn 0.18 (h11, h2): the default engine.
 
 Everything is Hypercorn's own ``worker_serve`` with the gateway's shutdown trigger (the
-drain in gateway/server/drain.py) and the workarounds of gateway/server/hypercorn_patches.py,
-checked before the app is loaded. HTTP/2 (TLS or h2c prior knowledge) is only on this engine.
+drain in gateway/server/drain.py) and what the gateway corrects of Hypercorn, installed by
+:func:`install` in this worker only, after every private name was checked
+(gateway/server/private_names.py): connections (hypercorn_patches.py), the HTTP/1.1 and
+HTTP/2 rules (protocol_guard.py) and WebSocket streams (hypercorn_websocket.py). HTTP/2
+(TLS or h2c prior knowledge) is only on this engine.
 """
 
 from __future__ import annotations
@@ -16,11 +19,23 @@ from typing import Any
 from hypercorn.config import Config, Sockets
 
 from gateway.environment import Environment
-from gateway.server import hypercorn_patches
+from gateway.server import hypercorn_patches, hypercorn_websocket, private_names, protocol_guard
 from gateway.server.app_loader import build_app
 from gateway.server.drain import going_away, on_stop_signals, stop_accepting, wait_quiet
+from gateway.server.limits import ServerLimits
 
 log = logging.getLogger("quartgate")
+
+
+def install() -> ServerLimits:
+    """Check Hypercorn's private names, then install the gateway's corrections; the limits
+    they read, for the app to fill (``gateway.asgi`` calls this too, under Hypercorn)."""
+    private_names.check("hypercorn")
+    limits = ServerLimits()
+    protocol_guard.install(limits)
+    hypercorn_patches.apply()
+    hypercorn_websocket.install()
+    return limits
 
 
 def run_worker(
@@ -30,11 +45,10 @@ def run_worker(
     ready: Event | None = None,
 ) -> None:
     """One serving process: build the app, serve until SIGTERM/SIGINT, drain, return."""
-    hypercorn_patches.check()  # before anything is served: fail loudly, not half-patched
     from hypercorn.app_wrappers import ASGIWrapper
 
-    # engine "hypercorn": build_app installs the workarounds
-    quart = build_app(dataclasses.replace(environment, engine="hypercorn"))
+    limits = install()  # before anything is served: fail loudly, not half-patched
+    quart = build_app(dataclasses.replace(environment, engine="hypercorn"), limits)
     app: Any = ASGIWrapper(quart)
     if sockets is None:
         sockets = config.create_sockets()

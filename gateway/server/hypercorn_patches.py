@@ -1,103 +1,24 @@
-"""Every Hypercorn-private name the gateway touches, fenced in one module and checked first.
+"""Hypercorn 0.18's connection handling, corrected where the gateway needs it.
 
-The Hypercorn engine reaches into Hypercorn 0.18 where its public API has no hook: it wraps
+The Hypercorn engine reaches into Hypercorn where its public API has no hook: it wraps
 two methods of the asyncio ``TCPServer`` (closed client connections are freed at once, not
 after ``keep_alive_timeout``), replaces ``TaskGroup.spawn_app`` so that a request body the
 app never reads cannot hang its connection, counts busy connections by the names of
 Hypercorn's tasks (the SIGTERM drain), and serves through ``worker_serve`` with its own
-shutdown trigger.
-:func:`check` looks up each of those names before a worker serves and raises
-:class:`HypercornChanged` naming every one that is gone, so an upgrade that moved them fails
-at start-up, loudly, instead of silently serving without the workaround. pyproject.toml pins
-Hypercorn to the minor version these were written for (:data:`WRITTEN_FOR`).
+shutdown trigger. Every name used is checked before a worker serves
+(gateway/server/private_names.py), so an upgrade that moved one fails at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
-import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-#: The Hypercorn minor version the names below were read from.
-WRITTEN_FOR = "0.18"
-
-#: (module, dotted name) pairs. ``Class.attr`` may be an instance attribute that the
-#: class's ``__init__`` assigns; ``function.inner`` a function defined inside another.
-PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
-    ("hypercorn.asyncio.tcp_server", "TCPServer._read_data"),
-    ("hypercorn.asyncio.tcp_server", "TCPServer._idle_timeout"),
-    ("hypercorn.asyncio.tcp_server", "TCPServer._initiate_server_close"),
-    ("hypercorn.asyncio.tcp_server", "TCPServer.idle_task"),
-    ("hypercorn.asyncio.tcp_server", "TCPServer.reader"),
-    ("hypercorn.asyncio.run", "worker_serve"),
-    ("hypercorn.asyncio.run", "worker_serve._server_callback"),
-    ("hypercorn.app_wrappers", "ASGIWrapper"),
-    ("hypercorn.config", "Config.response_headers"),
-    ("hypercorn.config", "Config.create_sockets"),
-    ("hypercorn.asyncio.task_group", "TaskGroup.spawn_app"),
-    ("hypercorn.asyncio.task_group", "TaskGroup.spawn"),
-    ("hypercorn.asyncio.task_group", "TaskGroup._loop"),
-    ("hypercorn.asyncio.task_group", "_handle"),
-)
-
-
-class HypercornChanged(RuntimeError):
-    """Hypercorn no longer has a name the gateway's workarounds rely on."""
-
-
-def missing_names() -> list[str]:
-    missing = []
-    for module_name, dotted in PRIVATE_NAMES:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            missing.append(f"{module_name} (module)")
-            continue
-        if not has_name(module, dotted):
-            missing.append(f"{module_name}.{dotted}")
-    return missing
-
-
-def check() -> None:
-    """Raise :class:`HypercornChanged` unless every name in :data:`PRIVATE_NAMES` exists."""
-    missing = missing_names()
-    if missing:
-        from importlib.metadata import version
-
-        raise HypercornChanged(
-            f"Hypercorn {version('hypercorn')} lacks what quartgate's Hypercorn engine was "
-            f"written against (Hypercorn {WRITTEN_FOR}): {', '.join(missing)}. "
-            'Install the pinned version (pip install -e .) or use [server] engine = "uvicorn".'
-        )
-
-
-def has_name(obj: Any, dotted: str) -> bool:
-    """Whether ``obj`` has ``dotted``: attributes, an instance attribute its class's
-    ``__init__`` assigns, or a function defined inside a function."""
-    head, _, rest = dotted.partition(".")
-    value = getattr(obj, head, None)
-    if value is None:
-        return False
-    if not rest:
-        return True
-    if hasattr(value, rest.partition(".")[0]):
-        return has_name(value, rest)
-    code: types.CodeType | None = None
-    if isinstance(value, type):  # an instance attribute: assigned in __init__
-        code = getattr(vars(value).get("__init__"), "__code__", None)
-        return code is not None and rest in code.co_names
-    code = getattr(value, "__code__", None)  # a function defined inside a function
-    return code is not None and any(
-        isinstance(const, types.CodeType) and const.co_name == rest for const in code.co_consts
-    )
-
 
 def apply() -> None:
-    """Check the names, then install the workarounds (once per process)."""
-    check()
+    """Install the workarounds (once per process; the engine checked the names first)."""
     close_dead_connections()
     drop_body_nobody_reads()
 
@@ -213,7 +134,8 @@ def busy_connections() -> int:
 
     Read from Hypercorn's tasks: one per connection (``worker_serve``'s
     ``_server_callback``), plus an idle-timer task (``TCPServer._idle_timeout``) on each
-    connection that is between requests; both names are in :data:`PRIVATE_NAMES`.
+    connection that is between requests; both names are checked at start-up
+    (gateway/server/private_names.py).
     """
     connections = idle = 0
     for task in asyncio.all_tasks():

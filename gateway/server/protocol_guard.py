@@ -31,68 +31,36 @@ their tests in ``tests/test_protocol_client.py``):
   64 frames (4 MiB of 64 KiB frames). A header block is cut at ``[gateway]
   max_header_size`` bytes: GOAWAY ``PROTOCOL_ERROR`` and close, after at most one frame more.
 
-Every private name used is listed in :data:`PRIVATE_NAMES` and checked by :func:`install`,
-which fails loudly if one is gone (an upgrade of Hypercorn or h11 moved it).
+Every private name used is checked before the worker serves (gateway/server/private_names.py),
+so an upgrade of Hypercorn, h11 or h2 that moved one fails at start-up, loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import re
 from collections.abc import Iterable
 from typing import Any, Final
 
 from gateway.edge.errors import error_body
+from gateway.edge.refusals import BAD_REQUEST, CLOSE, for_status, headers_for
+from gateway.server.limits import ServerLimits
 
 log = logging.getLogger("quartgate")
-
-PRIVATE_NAMES: Final = (
-    ("h11._readers", "_obsolete_line_fold"),
-    ("h11._readers", "_decode_header_lines"),
-    ("hypercorn.protocol.h11", "H11Protocol._check_protocol"),
-    ("hypercorn.protocol.h11", "H11Protocol._send_error_response"),
-    ("hypercorn.protocol.h11", "H11Protocol._create_stream"),
-    ("hypercorn.protocol.h11", "H11Protocol.handle"),
-    ("hypercorn.protocol.h11", "H11Protocol._send_h11_event"),
-    ("hypercorn.protocol.http_stream", "HTTPStream.handle"),
-    ("hypercorn.protocol.events", "Request"),
-    ("hypercorn.protocol.events", "Response"),
-    ("hypercorn.protocol.events", "Body"),
-    ("hypercorn.protocol.events", "EndBody"),
-    ("hypercorn.protocol.events", "StreamClosed"),
-    ("hypercorn.events", "RawData"),
-    ("hypercorn.events", "Closed"),
-    ("hypercorn.protocol.h2", "H2Protocol.__init__"),
-    ("hypercorn.protocol.h2", "H2Protocol._create_stream"),
-    ("hypercorn.protocol.h2", "H2Protocol._flush"),
-    ("hypercorn.protocol.h2", "H2Protocol.stream_buffers"),
-    ("h2.frame_buffer", "FrameBuffer._update_header_buffer"),
-    ("h2.frame_buffer", "FrameBuffer._headers_buffer"),
-    ("priority.priority", "TooManyStreamsError"),
-)
 
 #: A request-target as RFC 9112 3.2 allows it on the wire: visible ASCII, no "#".
 _TARGET: Final = re.compile(rb"[!-\"$-~]+")
 
-_settings: dict[str, float] = {"header_timeout": 30.0, "max_header_size": 16384}
+#: The worker's limits, a value its reloads replace the contents of (gateway/server/limits.py).
+_limits = ServerLimits()
 
 
-class ProtocolGuardUnavailable(RuntimeError):
-    """h11 or Hypercorn no longer has a name these rules rely on."""
-
-
-def install(header_timeout: float, max_header_size: int = 16384) -> None:
-    """Check the names, then install the rules (once per process; the limits are updated)."""
-    _settings["header_timeout"] = header_timeout
-    _settings["max_header_size"] = max_header_size
-    missing = [f"{m}.{n}" for m, n in PRIVATE_NAMES if not _has(m, n)]
-    if missing:
-        raise ProtocolGuardUnavailable(
-            "quartgate's HTTP/1.1 protections need names that are gone from this Hypercorn/h11: "
-            + ", ".join(missing)
-        )
+def install(limits: ServerLimits) -> None:
+    """Install the rules, reading ``limits`` from now on (once per process; the engine
+    checked every name first: gateway/server/private_names.py)."""
+    global _limits
+    _limits = limits
     import h11._readers as readers
     from hypercorn.protocol.h2 import H2Protocol
     from hypercorn.protocol.h11 import H11Protocol
@@ -105,16 +73,6 @@ def install(header_timeout: float, max_header_size: int = 16384) -> None:
     _patch_http_stream(HTTPStream)
     _patch_h2_protocol(H2Protocol)
     setattr(H11Protocol, "_quartgate_guard", True)  # noqa: B010
-
-
-def _has(module_name: str, dotted: str) -> bool:
-    from gateway.server.hypercorn_patches import has_name
-
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return False
-    return has_name(module, dotted)
 
 
 def _refuse_obs_fold(lines: Iterable[bytes]) -> Iterable[bytes]:
@@ -155,23 +113,16 @@ def _patch_h11_protocol(cls: Any) -> None:
             self._quartgate_close_after = True
             return
 
-        code, detail = _HYPERCORN_ERRORS.get(
-            status_code, ("bad_request", "malformed HTTP/1.1 request")
-        )
-        body = error_body(code, detail, "")
+        refusal = for_status(status_code)
+        body = error_body(refusal.code, refusal.detail, "")
         log.info(
             "client %s sent a request the HTTP parser refused: %d %s",
             self.client,
-            status_code,
-            code,
+            refusal.status,
+            refusal.code,
         )
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", b"%d" % len(body)),
-            (b"connection", b"close"),
-            *self.config.response_headers("h11"),
-        ]
-        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        headers = [*headers_for(body), *self.config.response_headers("h11")]
+        await self._send_h11_event(h11.Response(status_code=refusal.status, headers=headers))
         await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
 
@@ -203,7 +154,7 @@ def _patch_h11_protocol(cls: Any) -> None:
         if not getattr(self, "_quartgate_send_guarded", False):
             guard_send(self)
         if isinstance(event, RawData):
-            timeout = _settings["header_timeout"]
+            timeout = _limits.header_timeout
             if (
                 timeout
                 and self.stream is None
@@ -224,19 +175,13 @@ def _patch_h11_protocol(cls: Any) -> None:
         self._quartgate_header_timer = None
         if self.stream is not None:
             return
-        timeout = _settings["header_timeout"]
+        timeout = _limits.header_timeout
         log.info(
             "client %s did not send a complete request head within %g s; closing",
             self.client,
             timeout,
         )
-        body = error_body(
-            "request_header_timeout", f"no complete request head within {timeout:g} s", ""
-        )
-        raw = (
-            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
-        )
+        raw = _limits.head_timed_out
 
         async def expire() -> None:
             await self.send(RawData(data=raw))
@@ -248,13 +193,6 @@ def _patch_h11_protocol(cls: Any) -> None:
     cls._send_error_response = _send_error_response
     cls._create_stream = _create_stream_timed
     cls.handle = handle_timed
-
-
-_HYPERCORN_ERRORS: Final = {
-    400: ("bad_request", "malformed HTTP/1.1 request (refused by the HTTP parser)"),
-    431: ("headers_too_large", "request head too large"),
-    501: ("not_implemented", "transfer coding not implemented (only chunked is)"),
-}
 
 
 def _patch_http_stream(cls: Any) -> None:
@@ -276,15 +214,14 @@ def _patch_http_stream(cls: Any) -> None:
                 if b"#" in event.raw_path
                 else "invalid character in request target"
             )
-            body = error_body("bad_request", detail, "")
+            body = error_body(BAD_REQUEST.code, detail, "")
             log.info("client %s: %s; 400", self.client, detail)
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-            ]
-            if event.http_version != "2":
-                headers.append((b"connection", b"close"))
-            await self.send(Response(stream_id=self.stream_id, headers=headers, status_code=400))
+            headers = headers_for(body)
+            if event.http_version == "2":
+                headers.remove(CLOSE)  # connection-specific: not in HTTP/2
+            await self.send(
+                Response(stream_id=self.stream_id, headers=headers, status_code=BAD_REQUEST.status)
+            )
             await self.send(Body(stream_id=self.stream_id, data=body))
             await self.send(EndBody(stream_id=self.stream_id))
             await self.send(StreamClosed(stream_id=self.stream_id))  # as an ended app would
@@ -312,7 +249,7 @@ def _patch_h2_protocol(cls: Any) -> None:
             block = self._headers_buffer
             if block:
                 size = sum(len(frame.data) for frame in block) + len(getattr(f, "data", b""))
-                limit = int(_settings["max_header_size"])
+                limit = _limits.max_header_size
                 if size > limit:
                     log.info(
                         "client sent an HTTP/2 header block over %d bytes "

@@ -20,7 +20,6 @@ worker; sockets are made here, by Hypercorn's config, and inherited by spawned w
 
 from __future__ import annotations
 
-import importlib
 import logging
 import multiprocessing
 import os
@@ -36,6 +35,7 @@ from hypercorn.config import Config, Sockets
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.environment import Environment
+from gateway.server.engines import ENGINES
 
 log = logging.getLogger("quartgate")
 
@@ -103,22 +103,9 @@ def reload_command(
 
 # ---- a worker ------------------------------------------------------------------------------
 
-#: ``[server] engine`` -> the module that serves one worker on it.
-ENGINE_MODULES = {
-    "hypercorn": "gateway.server.hypercorn_engine",
-    "uvicorn": "gateway.server.uvicorn_engine",
-}
-
-
-#: What each engine needs installed beyond the base dependencies (pyproject's extras).
-ENGINE_PACKAGES = {"hypercorn": (), "uvicorn": ("uvicorn", "httptools", "websockets")}
-
-
 def missing_packages(engine: str) -> list[str]:
     """The packages ``engine`` needs that are not installed (``[fast]`` extra)."""
-    import importlib.util
-
-    return [name for name in ENGINE_PACKAGES[engine] if importlib.util.find_spec(name) is None]
+    return ENGINES[engine].missing_packages()
 
 
 def run_worker(
@@ -129,9 +116,9 @@ def run_worker(
 ) -> int:
     """Serve until stopped; a config error (the file changed since the master read it) is
     one ``file: key: reason`` line per problem and exit status 1, never a traceback."""
-    module = importlib.import_module(ENGINE_MODULES[environment.engine])
+    serve_one = ENGINES[environment.engine].load()
     try:
-        module.run_worker(config, environment, sockets, ready)
+        serve_one(config, environment, sockets, ready)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1

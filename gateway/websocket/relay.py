@@ -29,8 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.asgi_types import Message, Receive, Send
 from gateway.edge.context import RequestContext
-from gateway.websocket.client_limits import SERVER_FAILED, truncate
-from gateway.websocket.limits import WebSocketSettings
+from gateway.websocket.limits import SERVER_FAILED, WebSocketSettings, truncate
 from upstreams.target import Target
 
 log = logging.getLogger("quartgate")
@@ -183,7 +182,7 @@ class Session:
                     return Close("client", ABNORMAL, GOING_AWAY, "client went away")
                 reason = message.get("reason") or ""
                 if message.get(SERVER_FAILED):
-                    # The server failed the connection (gateway/websocket/client_limits.py):
+                    # The server failed the connection (gateway/websocket/limits.py):
                     # the upstream gets the code and reason the client got.
                     return Close("gateway", code, code, reason, client_closed=True)
                 return Close("client", code, NORMAL if code in LOCAL_ONLY else code, reason)

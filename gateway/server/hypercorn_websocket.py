@@ -1,4 +1,4 @@
-"""Hypercorn 0.18's WebSocket stream, corrected where a proxy needs it; installed by create_app.
+"""Hypercorn 0.18's WebSocket stream, corrected where a proxy needs it (the Hypercorn engine).
 
 What ``WSStream`` does wrong, and what :func:`install` makes it do instead (process-wide,
 idempotent, inert under other engines, which never use ``WSStream``):
@@ -16,7 +16,7 @@ idempotent, inert under other engines, which never use ``WSStream``):
   ``SERVER_FAILED``), then the connection closed.
 - **Inflation is unbounded**: wsproto inflates a permessage-deflate frame with no limit
   (a 100 KB frame became 100 MiB of worker memory). The stream's extension is
-  :class:`~gateway.websocket.client_limits.BoundedPerMessageDeflate`, bounded by the
+  :class:`BoundedPerMessageDeflate`, bounded by the
   route's ``max_message_size`` (from the gateway's ``websocket.accept``).
 - **A message over Hypercorn's own cap** (``websocket_max_message_size``) was answered
   with a close frame but the app never told, and the partial message kept growing with
@@ -32,33 +32,138 @@ and tests/test_websocket_bombs.py the close frames and the bounded inflation.
 from __future__ import annotations
 
 import logging
+import zlib
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Final
 
-from gateway.websocket.client_limits import (
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+
+from gateway.websocket.limits import (
     ACCEPT_MAX_MESSAGE_SIZE,
-    ACCEPTING,
+    DEFAULT_LIMIT,
     INVALID_UTF8,
     SERVER_FAILED,
-    BoundedPerMessageDeflate,
-    Inflation,
+    inflated_too_big,
     truncate,
-    wsproto_state_missing,
 )
 
 log = logging.getLogger("quartgate")
 
-#: The Hypercorn minor version the wrapped methods were read from (pyproject pins <0.19).
-WRITTEN_FOR: Final = "0.18"
-#: What this module uses of ``hypercorn.protocol.ws_stream`` (checked at install).
-NAMES: Final = (
-    "WSStream._handle_events",
-    "WSStream.handle",
-    "WSStream._accept",
-    "WSStream._send_wsproto_event",
-    "ASGIWebsocketState",
-    "FrameTooLargeError",
-    "PerMessageDeflate",
-)
+#: Four bytes that end every compressed message (RFC 7692 7.2.2), added back to inflate.
+_TAIL: Final = b"\x00\x00\xff\xff"
+
+
+
+@dataclass(slots=True)
+class Inflation:
+    """One connection's inflation limit, and why inflating failed (the close reason)."""
+
+    limit: int
+    failure: str | None = None
+
+
+#: Set while Hypercorn accepts a session: the :class:`Inflation` of the extension that
+#: its handshake creates (``Handshake.accept`` builds it with no arguments).
+ACCEPTING: ContextVar[Inflation | None] = ContextVar("quartgate_accepting", default=None)
+
+
+
+class BoundedPerMessageDeflate(PerMessageDeflate):
+    """wsproto's permessage-deflate with inflation bounded by the connection's limit.
+
+    wsproto inflates each piece of a frame with no bound (``decompress(data)``): here it is
+    ``decompress(data, room + 1)``, so a piece never inflates past the room left in the
+    message, and a message over the limit fails with 1009 before the next piece is read.
+    A control frame between the fragments of a compressed message leaves the message's
+    state alone (wsproto's resets it, and the rest of the message was passed on still
+    compressed, the next message then failing to inflate).
+    """
+
+    def __init__(
+        self,
+        client_no_context_takeover: bool = False,
+        client_max_window_bits: int | None = None,
+        server_no_context_takeover: bool = False,
+        server_max_window_bits: int | None = None,
+    ) -> None:
+        super().__init__(
+            client_no_context_takeover,
+            client_max_window_bits,
+            server_no_context_takeover,
+            server_max_window_bits,
+        )
+        self.inflation = ACCEPTING.get() or Inflation(DEFAULT_LIMIT)
+        self._inflated = 0  # bytes the current message has inflated to so far
+
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> CloseReason | RsvBits:
+        if opcode.iscontrol():
+            if rsv.rsv1:
+                return CloseReason.PROTOCOL_ERROR
+            self._inbound_is_compressible = False  # this frame only; the message's stays
+            return RsvBits(False, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        return self._inflate(data)
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        if not fin or not self._inbound_is_compressible:
+            return None  # a fragment, or a control frame (inside or between messages)
+        if not self._inbound_compressed:
+            self._inbound_compressed = None
+            return None
+        tail = self._inflate(_TAIL)
+        if isinstance(tail, CloseReason):
+            return tail
+        decompressor = self._decompressor
+        assert decompressor is not None
+        # Nothing is left unconsumed (_inflate would have failed): what zlib still holds.
+        rest = decompressor.flush()
+        if rest:
+            self._inflated += len(rest)
+            if self._inflated > self.inflation.limit:
+                return self._too_big()
+        self._inflated = 0
+        no_context_takeover = (
+            self.server_no_context_takeover if proto.client else self.client_no_context_takeover
+        )
+        if no_context_takeover:
+            self._decompressor = None
+        self._inbound_compressed = None
+        return tail + rest
+
+    def _inflate(self, data: bytes) -> bytes | CloseReason:
+        decompressor = self._decompressor
+        assert decompressor is not None
+        room = self.inflation.limit - self._inflated
+        try:
+            # At most room + 1 bytes (never 0: zlib reads 0 as "no limit").
+            inflated = decompressor.decompress(data, room + 1)
+        except zlib.error:
+            self.inflation.failure = "invalid compressed data"
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        if len(inflated) > room:
+            return self._too_big()
+        self._inflated += len(inflated)
+        return inflated
+
+    def _too_big(self) -> CloseReason:
+        self.inflation.failure = inflated_too_big(self.inflation.limit)
+        return CloseReason.MESSAGE_TOO_BIG
 
 
 def install() -> None:
@@ -71,15 +176,9 @@ def install() -> None:
     stream_class: Any = ws_stream.WSStream
     if getattr(stream_class, "_quartgate_close", False):
         return
-    missing = [name for name in NAMES if not _has(ws_stream, name)]
     if getattr(ws_stream, "PerMessageDeflate", None) is not PerMessageDeflate:
-        missing.append("PerMessageDeflate (wsproto's)")
-    missing += wsproto_state_missing()
-    if missing:
-        # Fail at start-up, loudly, rather than serve with these holes silently open.
-        raise RuntimeError(
-            f"Hypercorn's WSStream changed (written for {WRITTEN_FOR}): {', '.join(missing)}"
-        )
+        # Fail at start-up, loudly, rather than serve with inflation unbounded.
+        raise RuntimeError("Hypercorn's WSStream no longer builds wsproto's PerMessageDeflate")
     handle = stream_class.handle
     accept = stream_class._accept
     too_large = ws_stream.FrameTooLargeError
@@ -170,12 +269,3 @@ def install() -> None:
     stream_class._handle_events = _handle_events
     stream_class.handle = _handle
     stream_class._quartgate_close = True
-
-
-def _has(module: Any, dotted: str) -> bool:
-    obj = module
-    for part in dotted.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return False
-    return True
