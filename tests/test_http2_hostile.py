@@ -213,6 +213,9 @@ def test_a_header_block_is_cut_at_max_header_size(
         ContinuationFrame(1, b"\x00" * 16384).serialize() for _ in range(200)
     )
     assert goaway_code(raw_h2(gateway.port, flood)) == h2.errors.ErrorCodes.PROTOCOL_ERROR
-    assert [request_line(r) for r in upstream.requests[before:]] == [b"GET /continued HTTP/1.1"]
+    # Only this test's blocks ask for /continued (a late /reset from the rapid-reset test
+    # sharing this upstream may land in between): the small one arrived, no other did.
+    continued = [r for r in upstream.requests[before:] if b"/continued" in request_line(r)]
+    assert [request_line(r) for r in continued] == [b"GET /continued HTTP/1.1"]
     assert "header block over 16384 bytes" in gateway.logs()
     assert "Traceback" not in gateway.logs()
