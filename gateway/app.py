@@ -93,10 +93,12 @@ def create_app(
         proxy.state.start()  # active health checks run in the serving loop
         reloader.install_signal()
         await proxy.lifespans.startup()  # in-process ASGI apps' startup handlers
+        proxy.loop_lag.start()  # load shedding when the worker falls behind (not before)
 
     @app.after_serving
     async def close_upstreams() -> None:
         reloader.remove_signal()
+        proxy.loop_lag.stop()
         await proxy.lifespans.shutdown()
         await reloader.aclose()
         await proxy.state.aclose()

@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 
 from gateway.asgi_types import ASGIApp, Receive, Scope, Send
 from gateway.inprocess import InProcessApp, Lifespans
+from gateway.ops.loop_lag import LoopLag
 from gateway.pipeline.inprocess_dispatch import InProcessApps
 from gateway.pipeline.request_path import RequestPath, request_stages
 from gateway.state import GatewayState
@@ -32,6 +33,8 @@ class Proxy:
         #: The worker's open WebSocket sessions, across snapshots (a reload leaves open
         #: sessions on theirs; a drain closes them all: ``going_away``).
         self.sessions = Sessions()
+        #: The worker's event loop watch: ``[gateway] max_loop_lag``, replaced on reload.
+        self.loop_lag = LoopLag(state.config.gateway.max_loop_lag)
         self._path, self._handshakes = self._paths(state)
 
     @property
@@ -43,13 +46,15 @@ class Proxy:
     def state(self, state: GatewayState) -> None:
         # The stages are built here, once per snapshot; requests already on the old paths
         # finish on them (each request reads its path once).
+        self.loop_lag.bound = state.config.gateway.max_loop_lag
         self._path, self._handshakes = self._paths(state)
 
     def _paths(self, state: GatewayState) -> tuple[RequestPath, RequestPath]:
         """The snapshot's request path, and its handshakes' path made of the same stages."""
         stages = request_stages(state, self._inprocess)
         handshakes = handshake_stages(state, stages, self.sessions)
-        return RequestPath(state, stages), RequestPath(state, handshakes)
+        lag = self.loop_lag
+        return RequestPath(state, stages, lag), RequestPath(state, handshakes, lag)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # Not ``async``: the request's own coroutine is returned, so no frame is added

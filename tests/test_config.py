@@ -200,3 +200,26 @@ def test_serve_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
     result = run_cli("serve", "-c", str(path), "--bind", "127.0.0.1:0")
     assert result.returncode == 1
     assert f"{path}: routes[0].upstream: is required" in result.stderr
+
+
+def test_adaptive_concurrency_is_a_table_with_defaults_and_checked_bounds(tmp_path: Path) -> None:
+    """``[upstreams.NAME.adaptive_concurrency]``: an empty table turns it on with every
+    default; bounds across keys are checked with the key that is wrong."""
+    on = GOOD.replace("http2 = false\n", "http2 = false\n[upstreams.users.adaptive_concurrency]\n")
+    path = tmp_path / "on.toml"
+    path.write_text(on)
+    spec = load_config(path).upstreams["users"].adaptive_concurrency
+    assert spec is not None and (spec.min_limit, spec.initial_limit, spec.max_limit) == (2, 20, 1000)
+    path.write_text(GOOD)
+    assert load_config(path).upstreams["users"].adaptive_concurrency is None
+    keys = "initial_limit = 5000\nqueue_timeout = 0\nwindw = 1\n"
+    bad = on.replace("adaptive_concurrency]\n", "adaptive_concurrency]\n" + keys)
+    where = f"{tmp_path / 'bad.toml'}: upstreams.users.adaptive_concurrency"
+    assert problems_of(bad, tmp_path) == [
+        f"{where}.queue_timeout: must be greater than 0",
+        f"{where}.windw: unknown key",
+    ]
+    bounds = on.replace("adaptive_concurrency]\n", "adaptive_concurrency]\ninitial_limit = 5000\n")
+    assert problems_of(bounds, tmp_path) == [
+        f"{where}.initial_limit: must be between min_limit (2) and max_limit (1000)"
+    ]

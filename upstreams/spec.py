@@ -8,6 +8,7 @@ from typing import Annotated
 from annotated_types import Ge, Gt
 
 from upstreams.breaker import BreakerSpec
+from upstreams.concurrency import AdaptiveConcurrencySpec
 from upstreams.health import HealthSpec
 
 
@@ -56,3 +57,5 @@ class UpstreamSpec:
     health: HealthSpec | None = None
     #: ``[upstreams.NAME.breaker]``: passive health (circuit breaker); None: none.
     breaker: BreakerSpec | None = None
+    #: ``[upstreams.NAME.adaptive_concurrency]``: a limit learned from latency; None: none.
+    adaptive_concurrency: AdaptiveConcurrencySpec | None = None

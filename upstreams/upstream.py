@@ -12,6 +12,7 @@ from upstreams.health import HealthChecker
 from upstreams.layers.breaking import Breaking
 from upstreams.layers.capping import Capping
 from upstreams.layers.counting import Counting
+from upstreams.layers.limiting import Limiting
 from upstreams.layers.picking import Picker
 from upstreams.layers.retrying import Retrying
 from upstreams.layers.stacking import stack
@@ -43,7 +44,8 @@ class Upstream:
         ]
         self.targets = [Target(s, spec.name, spec.breaker) for s in self.senders]
         self._balancer = make_balancer(spec.balancer, self.targets)
-        # The composition, top to bottom. Per request: the in-flight cap holds its slot
+        # The composition, top to bottom. Per request: the adaptive limit admits, queues or
+        # refuses first (a queued request holds no slot below); the in-flight cap holds its slot
         # through every retry and until the body ends, so it is above the retries; each
         # try picks a target (a retry another one) and goes down that target's stack. Per
         # try: the breaker and the outstanding count see every try, retries included; the
@@ -57,7 +59,11 @@ class Upstream:
                 TryTimeout(target.url),
                 bottom=target.sender,
             )
+        adaptive = spec.adaptive_concurrency
+        #: The adaptive concurrency limiter, shared by the targets; None: not configured.
+        self.limiter = Limiting(spec.name, adaptive) if adaptive is not None else None
         self._sender = stack(
+            self.limiter,
             Capping(spec.name, spec.max_requests) if spec.max_requests > 0 else None,
             bottom=Retrying(spec.name, Picker(spec, self.targets, self._balancer)),
         )

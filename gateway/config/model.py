@@ -65,6 +65,9 @@ class GatewaySettings:
     #: Seconds from the first byte of a request head to its end (408 and close beyond);
     #: nginx's client_header_timeout, apart from the keep-alive idle timeout. 0: no limit.
     header_timeout: Annotated[float, Ge(0)] = 30.0
+    #: Seconds the worker's event loop may run late before new requests are refused with
+    #: 503 gateway_overloaded (docs/overload.md); 0: never shed.
+    max_loop_lag: Annotated[float, Ge(0)] = 0.5
 
 
 @dataclass(frozen=True, slots=True)

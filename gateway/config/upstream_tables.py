@@ -17,6 +17,7 @@ from gateway.config.problems import Invalid, Loc, kind_of, reasons
 from gateway.config.tables import named, table
 from upstreams.balancer import BALANCERS
 from upstreams.breaker import BreakerSpec
+from upstreams.concurrency import AdaptiveConcurrencySpec
 from upstreams.health import HealthSpec
 from upstreams.spec import TargetSpec, UpstreamSpec
 
@@ -109,12 +110,30 @@ def _breaker(values: dict[str, Any]) -> BreakerSpec:
     return spec
 
 
+def _adaptive(values: dict[str, Any]) -> AdaptiveConcurrencySpec:
+    spec = AdaptiveConcurrencySpec(**values)
+    found: list[tuple[Loc, str]] = []
+    if spec.max_limit < spec.min_limit:
+        found.append((("max_limit",), f"must not be less than min_limit ({spec.min_limit})"))
+    elif not spec.min_limit <= spec.initial_limit <= spec.max_limit:
+        found.append(
+            (
+                ("initial_limit",),
+                f"must be between min_limit ({spec.min_limit}) and max_limit ({spec.max_limit})",
+            )
+        )
+    if found:
+        raise Invalid(*found)
+    return spec
+
+
 HEALTH = table(
     HealthSpec,
     checks={"path": request_path},
     fields={"expected_status": Annotated[tuple[Any, ...], AfterValidator(_statuses)]},
 )
 BREAKER = table(BreakerSpec, build=_breaker)
+ADAPTIVE_CONCURRENCY = table(AdaptiveConcurrencySpec, build=_adaptive)
 
 #: ``[upstreams.NAME]`` with ``targets``; validates to ``name -> UpstreamSpec``.
 HTTP_UPSTREAM = table(
@@ -132,6 +151,7 @@ HTTP_UPSTREAM = table(
         ),
         "health": HEALTH | None,
         "breaker": BREAKER | None,
+        "adaptive_concurrency": ADAPTIVE_CONCURRENCY | None,
     },
     checks={"balancer": one_of(BALANCERS), "hash_on": _hash_on},
 )

@@ -44,6 +44,16 @@ class GatewayError(Exception):
         self.headers = list(headers)
         self.log_detail = log_detail if log_detail is not None else detail
 
+    #: Logged at debug, not as a warning per request: a refusal whose episode is logged
+    #: once elsewhere (load shedding, gateway/ops/loop_lag.py).
+    quiet = False
+
+
+class Shed(GatewayError):
+    """A request refused because the worker is overloaded (its episode is logged once)."""
+
+    quiet = True
+
 
 class Reply(Exception):
     """A response a policy gives itself, not an error (a CORS preflight, for instance)."""

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.edge.errors import GatewayError, error_body
+from gateway.edge.errors import GatewayError, Shed, error_body
 
 CLOSE: Final = (b"connection", b"close")
 
@@ -35,6 +35,10 @@ class Refusal:
     ) -> GatewayError:
         """The refusal as the request path raises it (error mapping answers it)."""
         return GatewayError(self.status, self.code, detail or self.detail, headers)
+
+    def shed(self) -> Shed:
+        """The refusal of a request shed under overload: ``Retry-After: 1``, logged quietly."""
+        return Shed(self.status, self.code, self.detail, [(b"retry-after", b"1")])
 
 
 BAD_REQUEST: Final = Refusal(
@@ -58,6 +62,12 @@ TOO_MANY_HEADERS: Final = Refusal(
 METHOD_NOT_IMPLEMENTED: Final = Refusal(
     501, "method_not_implemented", "Not Implemented", "unknown request method"
 )
+GATEWAY_OVERLOADED: Final = Refusal(
+    503,
+    "gateway_overloaded",
+    "Service Unavailable",
+    "the gateway is overloaded (its event loop is behind); retry shortly",
+)
 CODING_NOT_IMPLEMENTED: Final = Refusal(
     501, "not_implemented", "Not Implemented", "transfer coding not implemented (only chunked is)"
 )
@@ -74,6 +84,7 @@ REFUSALS: Final = {
         TOO_MANY_HEADERS,
         METHOD_NOT_IMPLEMENTED,
         CODING_NOT_IMPLEMENTED,
+        GATEWAY_OVERLOADED,
     )
 }
 

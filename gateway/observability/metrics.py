@@ -147,6 +147,40 @@ class GatewayMetrics:
             ["upstream", "target", "result"],
             registry=registry,
         )
+        # Adaptive concurrency (docs/overload.md): per worker, summed over workers.
+        self.concurrency_limit = Gauge(
+            "quartgate_upstream_concurrency_limit",
+            "The adaptive concurrency limit: requests the upstream is admitted at once.",
+            ["upstream"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.concurrency_in_flight = Gauge(
+            "quartgate_upstream_concurrency_in_flight",
+            "Requests holding a place under the adaptive concurrency limit.",
+            ["upstream"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.concurrency_queued = Gauge(
+            "quartgate_upstream_concurrency_queued",
+            "Requests waiting for a place under the adaptive concurrency limit.",
+            ["upstream"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.concurrency_refused = Counter(
+            "quartgate_upstream_concurrency_refused",
+            "Requests refused with 503 upstream_overloaded by the adaptive concurrency limit.",
+            ["upstream"],
+            registry=registry,
+        )
+        self.loop_lag = Gauge(
+            "quartgate_event_loop_lag_seconds",
+            "How late the worker's event loop last ran a timer (max_loop_lag sheds past it).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.ready = Gauge(
             "quartgate_ready",
             "1 when /readyz answers 200.",
@@ -195,6 +229,7 @@ class GatewayMetrics:
         ).set(1)
         self._config: tuple[str, str] | None = None
         self._health_seen: dict[tuple[str, str, str], int] = {}
+        self._refused_seen: dict[str, int] = {}
 
     # ---- state gauges -------------------------------------------------------------------
 
@@ -207,7 +242,7 @@ class GatewayMetrics:
 
     def sample(self, state: GatewayState, control: Control) -> None:
         """Set the gauges that describe the state of upstreams, targets and readiness."""
-        from gateway.observability.targets import target_views
+        from gateway.observability.targets import limiters, target_views
 
         for view in target_views(state, control):
             name, target = view.upstream, view.url
@@ -232,6 +267,14 @@ class GatewayMetrics:
                     if delta > 0:
                         self.health_checks.labels(name, target, result).inc(delta)
                     self._health_seen[key] = total
+        for name, limiter in limiters(state):
+            self.concurrency_limit.labels(name).set(limiter.limit)
+            self.concurrency_in_flight.labels(name).set(limiter.in_flight)
+            self.concurrency_queued.labels(name).set(limiter.queued)
+            delta = limiter.refused - self._refused_seen.get(name, 0)
+            if delta > 0:
+                self.concurrency_refused.labels(name).inc(delta)
+            self._refused_seen[name] = limiter.refused
 
     def exposition(self) -> bytes:
         registry = self._registry

@@ -126,6 +126,8 @@ class Observability:
         if self.metrics is not None:
             self.metrics.sample(self.state, self.control)
             self.metrics.ready.set(1 if self.readiness()[0] else 0)
+            if self._proxy is not None:
+                self.metrics.loop_lag.set(self._proxy.loop_lag.lag)
 
     async def _sync_forever(self) -> None:
         while True:

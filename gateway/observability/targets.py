@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gateway.ops.control import Control
     from gateway.state import GatewayState
+    from upstreams.layers.limiting import LimiterStats
     from upstreams.sender import PoolStats
     from upstreams.upstream import Upstream
 
@@ -61,6 +62,14 @@ def target_views(state: GatewayState, control: Control) -> Iterator[TargetView]:
                 passed if isinstance(passed, int) else None,
                 failed if isinstance(failed, int) else None,
             )
+
+
+def limiters(state: GatewayState) -> Iterator[tuple[str, LimiterStats]]:
+    """Each upstream with adaptive concurrency, and its limiter's figures in this worker."""
+    for name, upstream in state.upstreams.items():
+        limiter = getattr(upstream, "limiter", None)
+        if limiter is not None:
+            yield name, limiter.stats()
 
 
 def apply_drained(upstream: Upstream, urls: frozenset[str]) -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.asgi_types import ASGIApp, Receive, Scope, Send
 from gateway.config import ConfigError
-from gateway.observability.targets import matches, target_views
+from gateway.observability.targets import limiters, matches, target_views
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -216,15 +216,27 @@ class AdminApp:
                     else {"in_use": pool.in_use, "idle": pool.idle, "waiting": pool.waiting},
                 }
             )
+        limits = dict(limiters(state))
         upstreams: list[dict[str, Any]] = []
         for name, upstream in state.upstreams.items():
             spec = upstream.spec
+            limit = limits.get(name)
             upstreams.append(
                 {
                     "name": name,
                     "kind": "http2" if spec.http2 else "http1",
                     "balancer": spec.balancer,
                     "max_connections": spec.max_connections,
+                    "adaptive_concurrency": None
+                    if limit is None
+                    else {
+                        "limit": limit.limit,
+                        "in_flight": limit.in_flight,
+                        "queued": limit.queued,
+                        "refused": limit.refused,
+                        "min_rtt_ms": round(limit.min_rtt * 1000, 3),
+                        "probing": limit.probing,
+                    },
                     "targets": views[name],
                 }
             )

@@ -49,7 +49,7 @@ class ErrorMapping:
         ctx.status = error.status
         ctx.error = error.code
         rid = ctx.request_id.decode("ascii")
-        if error.status >= 500:
+        if error.status >= 500 and not error.quiet:
             log.warning(
                 "%s%s %s -> %d %s: %s",
                 self.kind,
@@ -62,7 +62,7 @@ class ErrorMapping:
             )
         else:
             log.log(
-                self._client_error_level,
+                logging.DEBUG if error.quiet else self._client_error_level,
                 "%s%s %s -> %d %s",
                 self.kind,
                 scope["method"],

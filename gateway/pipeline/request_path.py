@@ -25,6 +25,8 @@ from gateway.asgi_types import Receive, Scope, Send
 from gateway.edge.context import Observer, RequestContext
 from gateway.edge.errors import ClientDisconnected, GatewayError, Reply
 from gateway.edge.head import RequestHead
+from gateway.edge.refusals import GATEWAY_OVERLOADED
+from gateway.ops.loop_lag import LoopLag
 from gateway.pipeline.error_mapping import ErrorMapping
 from gateway.pipeline.inprocess_dispatch import InProcessApps, InProcessDispatch
 from gateway.pipeline.route_match import RouteMatch
@@ -83,6 +85,7 @@ class RequestPath:
         "forward",
         "id_header",
         "identify",
+        "lag",
         "match_route",
         "normalise",
         "observers",
@@ -93,9 +96,12 @@ class RequestPath:
         "to_app",
     )
 
-    def __init__(self, state: GatewayState, stages: Stages) -> None:
+    def __init__(self, state: GatewayState, stages: Stages, lag: LoopLag | None = None) -> None:
         #: The snapshot this path serves; a reload builds a new path for the new one.
         self.state = state
+        #: The worker's event loop watch (one per worker, across snapshots): while it says
+        #: ``shedding``, a new request is refused before anything else is done for it.
+        self.lag = lag if lag is not None else LoopLag(0.0)
         #: What the path is made of: a handshake's path is built from a request path's.
         self.stages = stages
         self.id_header = state.request_id_header
@@ -115,6 +121,9 @@ class RequestPath:
         head = RequestHead(scope["headers"], self.id_header)  # the one pass over headers
         ctx = RequestContext(scope, head.request_id, head.host, perf_counter())
         try:
+            if self.lag.shedding:  # 503 before the body is read (docs/overload.md)
+                self.lag.refused += 1
+                raise GATEWAY_OVERLOADED.shed()
             self.check_edge(scope, head)  # limits, method, framing, target, CTL, one Host
             self.normalise(ctx)  # the path matched is the path forwarded
             self.identify(ctx, head.traceparent, scope["scheme"])  # forwarded, traceparent

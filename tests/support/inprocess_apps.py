@@ -189,3 +189,17 @@ async def bare_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def create_flask_app() -> Flask:
     """A factory: ``app = "module:create_flask_app"`` calls it once."""
     return flask_app
+
+
+# ---- an ASGI app that holds the event loop (load shedding, tests/test_overload.py) ---------
+
+
+async def loop_blocker(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Blocks the worker's event loop for ``?s=`` seconds, as a CPU-bound handler would."""
+    if scope["type"] != "http":
+        return
+    query = scope.get("query_string", b"").decode()
+    seconds = float(query.partition("s=")[2] or "0.5")
+    time.sleep(seconds)  # on purpose: nothing else in the worker runs meanwhile
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"blocked"})
