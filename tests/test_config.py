@@ -209,7 +209,11 @@ def test_adaptive_concurrency_is_a_table_with_defaults_and_checked_bounds(tmp_pa
     path = tmp_path / "on.toml"
     path.write_text(on)
     spec = load_config(path).upstreams["users"].adaptive_concurrency
-    assert spec is not None and (spec.min_limit, spec.initial_limit, spec.max_limit) == (2, 20, 1000)
+    assert spec is not None and (spec.min_limit, spec.initial_limit, spec.max_limit) == (
+        2,
+        20,
+        1000,
+    )
     path.write_text(GOOD)
     assert load_config(path).upstreams["users"].adaptive_concurrency is None
     keys = "initial_limit = 5000\nqueue_timeout = 0\nwindw = 1\n"

@@ -190,7 +190,9 @@ def test_a_worker_whose_loop_falls_behind_sheds_new_requests_and_serves_the_rest
 ) -> None:
     admin = Admin()
     with CapacityBackend(capacity=8, service_ms=1) as backend:
-        gateway = make_gateway(admin.section() + SHEDDING.format(backend=backend.url), engine=engine)
+        gateway = make_gateway(
+            admin.section() + SHEDDING.format(backend=backend.url), engine=engine
+        )
         assert httpx.get(gateway.url + "/api").status_code == 200
         with httpx.Client(base_url=gateway.url, timeout=30) as client:
             # A request in flight before the episode (the backend holds it for 1.5 s) ...
