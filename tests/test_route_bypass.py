@@ -175,6 +175,30 @@ def test_the_upstream_gets_the_host_the_route_was_chosen_for(clean: Side, host: 
     assert header(received, b"x-forwarded-host").lower() == expected  # type: ignore[union-attr]
 
 
+#: Not ``host[:port]``: each missed the admin.test route and reached the public upstream
+#: with the value in X-Forwarded-Host (a manual pass, issue 18).
+MALFORMED_HOSTS = [
+    b"user@admin.test",
+    b"admin.test#x",
+    b"admin\\.test",
+    b"[admin.test]",
+    b"admin.test%00",
+    b"admin.test\xc2\xa0",
+    b"admin.test/x",
+    b"admin.test:80:80",
+]
+
+
+@pytest.mark.parametrize("host", MALFORMED_HOSTS, ids=repr)
+def test_a_host_that_is_not_host_and_port_is_refused_before_any_upstream(
+    clean: Side, host: bytes
+) -> None:
+    status, data = send(clean.gateway.port, get(b"/", host))
+    assert status == 400, data[:300]
+    assert b"invalid Host header" in data
+    assert clean.public_got() == [] and clean.private_got() == []
+
+
 def test_a_rate_limit_key_cannot_be_evaded_with_a_trailing_space(clean: Side) -> None:
     first, _ = send(clean.gateway.port, get(b"/limited", extra=b"x-user: dave\r\n"))
     again, data = send(clean.gateway.port, get(b"/limited", extra=b"x-user: dave \t\r\n"))

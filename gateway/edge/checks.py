@@ -13,7 +13,12 @@ is always chosen from what the upstream will receive:
   ``:path`` can carry spaces, tabs and control characters that would split an HTTP/1.1
   request line);
 - control characters (0x00-0x1F except HTAB, and 0x7F) in header values, which h11 and
-  HTTP/2 let through and an upstream may cut a header at.
+  HTTP/2 let through and an upstream may cut a header at;
+- a Host (or HTTP/2 ``:authority``) that is not ``host[:port]`` (RFC 9110 7.2: a name of
+  letters, digits and ``-._~!$&'()*+,;=``, or a bracketed IPv6 address): ``user@admin.test``,
+  ``admin.test#x``, ``admin\\.test`` or a non-ASCII byte miss a host route and would reach
+  another route's upstream in ``X-Forwarded-Host``, where a URL parser may read them as
+  ``admin.test``. ``%`` is refused too (no upstream needs a percent-encoded host name).
 
 :class:`EdgeChecks` is the stage that runs them all, after the header scan
 (gateway/edge/head.py), for HTTP requests and WebSocket handshakes alike.
@@ -35,6 +40,10 @@ from routes.model import ALL_METHODS
 if TYPE_CHECKING:
     from gateway.edge.head import RequestHead
 
+#: A Host value: a registered name or an IPv4 address, or a bracketed IPv6 one; a port.
+_HOST: Final = re.compile(
+    rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]+|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])(?::[0-9]{0,5})?"
+).fullmatch
 #: A request-target's path and query on the wire: visible ASCII except "#".
 _TARGET_BYTES: Final = re.compile(rb"[!-\"$-~]*").fullmatch
 
@@ -169,3 +178,5 @@ class EdgeChecks:
         if head.duplicate is not None:
             name = "Host" if head.duplicate == b"host" else "Authorization"
             raise self._refuse(scope, f"more than one {name} header")
+        if head.host and _HOST(head.host) is None:
+            raise self._refuse(scope, "invalid Host header (host[:port] expected)")
