@@ -12,7 +12,8 @@ One invocation runs, side by side, against the same backend (loadtests/capacity_
 Each row: goodput (200s per second, and as a share of capacity), p50/p99 of the 200s,
 refusals and their p99, other answers and unanswered requests; and a second route to a fast
 upstream, offered 50 req/s meanwhile, with its p99. After each overload step the next rate
-starts at once, so "after the overload" is the next 0.5x row (``--after``).
+starts at once, so "after the overload" is the last 0.5x row. Before each setup the backend
+works off what the previous one left queued (the settle step).
 ``--runs N`` repeats everything and prints the median of each figure with its spread.
 
 Run: ``python -m loadtests.overload --runs 3``. The gateway is pinned to CPU 0, the rest
@@ -24,9 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import statistics
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,6 +121,18 @@ def running(*services: Service) -> Iterator[None]:
             service.stop()
 
 
+def settle(backend: Service, timeout: float = 120.0) -> None:
+    """Wait until the backend has worked off what an earlier setup left queued there (the
+    requests of clients that gave up are still served): each setup starts on an idle one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(backend.url + "/stats", timeout=10) as response:
+            if json.load(response)["outstanding"] == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError("the backend did not work off its queue")
+
+
 async def step(base: str, rate: float, seconds: float) -> dict[str, float]:
     slow, fast = await asyncio.gather(
         openloop.run(base + "/slow", rate, seconds), openloop.run(base + "/fast", 50, seconds)
@@ -159,6 +175,7 @@ def one_run(args: argparse.Namespace, workdir: Path) -> dict[tuple[str, float], 
             )
             setups.append(("nginx", nginx))
         for name, service in setups:
+            settle(backend)
             context = running(service) if service is not None else contextlib.nullcontext()
             with context:
                 base = service.url if service is not None else None
