@@ -319,10 +319,13 @@ def test_http2_path_parameters_authority_dots_and_two_authorizations(clean: Side
             h2_get(b"/", b"admin.test."),
             h2_get(b"/jwt/x", b"gw.test", (b"authorization", b"Bearer garbage"),
                    (b"authorization", valid)),
+            h2_get(b"/", b"user@admin.test"),
+            h2_get(b"/", b"admin.test#x"),
         ],
     )  # fmt: skip
-    assert [status for status, _ in answers] == [401, 401, 400]
+    assert [status for status, _ in answers] == [401, 401, 400, 400, 400]
     assert b"more than one Authorization header" in answers[2][1]
+    assert b"invalid Host header" in answers[3][1] and b"invalid Host header" in answers[4][1]
     assert clean.public_got() == [] and clean.private_got() == []
 
 
