@@ -133,9 +133,10 @@ def settle(backend: Service, timeout: float = 120.0) -> None:
     raise TimeoutError("the backend did not work off its queue")
 
 
-async def step(base: str, rate: float, seconds: float) -> dict[str, float]:
+async def step(slow_url: str, fast_url: str, rate: float, seconds: float) -> dict[str, float]:
+    """``rate`` to the slow path and 50 req/s to the fast one, at once."""
     slow, fast = await asyncio.gather(
-        openloop.run(base + "/slow", rate, seconds), openloop.run(base + "/fast", 50, seconds)
+        openloop.run(slow_url, rate, seconds), openloop.run(fast_url, 50, seconds)
     )
     figures = slow.summary()
     figures["fast_p99_ms"] = openloop.percentile(fast.ok_ms, 0.99)
@@ -178,30 +179,17 @@ def one_run(args: argparse.Namespace, workdir: Path) -> dict[tuple[str, float], 
             settle(backend)
             context = running(service) if service is not None else contextlib.nullcontext()
             with context:
-                base = service.url if service is not None else None
+                # Through the proxy's two routes, or (direct) to the two backends themselves.
+                if service is not None:
+                    urls = (service.url + "/slow", service.url + "/fast")
+                else:
+                    urls = (backend.url + "/", fast.url + "/")
                 for index, factor in enumerate(FACTORS):
-                    rate = factor * capacity
-                    if base is None:  # the backend alone: both paths go to it
-                        figures = asyncio.run(direct_step(backend.url, fast.url, rate, args))
-                    else:
-                        figures = asyncio.run(step(base, rate, args.seconds))
+                    figures = asyncio.run(step(*urls, factor * capacity, args.seconds))
                     key = (name, factor if index < len(FACTORS) - 1 else -factor)
                     results[key] = figures
                     print(f"  {name:>9} {label(key[1]):>6}: {fmt(figures)}", flush=True)
     return results
-
-
-async def direct_step(
-    slow: str, fast: str, rate: float, args: argparse.Namespace
-) -> dict[str, float]:
-    a, b = await asyncio.gather(
-        openloop.run(slow + "/", rate, args.seconds), openloop.run(fast + "/", 50, args.seconds)
-    )
-    figures = a.summary()
-    figures["fast_p99_ms"] = openloop.percentile(b.ok_ms, 0.99)
-    figures["fast_not_ok"] = b.other + b.unanswered + len(b.refused_ms)
-    figures["refused_without_retry_after"] = a.refused_without_retry_after
-    return figures
 
 
 ADAPTIVE = "[upstreams.slow.adaptive_concurrency]\n"

@@ -110,11 +110,16 @@ def backends() -> Iterator[tuple[CapacityBackend, CapacityBackend]]:
         yield slow, fast
 
 
-def limiter(admin: Admin, name: str) -> dict[str, float]:
+def limiter_or_none(admin: Admin, name: str) -> dict[str, float] | None:
+    """``/admin/upstreams``' ``adaptive_concurrency`` of one upstream (None: not set)."""
     upstreams = admin.get("/admin/upstreams").json()["upstreams"]
-    entry = next(u for u in upstreams if u["name"] == name)
-    assert isinstance(entry["adaptive_concurrency"], dict), entry
-    return entry["adaptive_concurrency"]  # type: ignore[no-any-return]
+    return next(u for u in upstreams if u["name"] == name)["adaptive_concurrency"]  # type: ignore[no-any-return]
+
+
+def limiter(admin: Admin, name: str) -> dict[str, float]:
+    stats = limiter_or_none(admin, name)
+    assert isinstance(stats, dict), stats
+    return stats
 
 
 def test_an_overloaded_upstream_is_admitted_its_capacity_and_the_rest_refused_at_once(
@@ -126,6 +131,7 @@ def test_an_overloaded_upstream_is_admitted_its_capacity_and_the_rest_refused_at
     start = limiter(admin, "slow")
     assert start["limit"] == 64 and start["refused"] == 0
     assert limiter_or_none(admin, "fast") is None
+    rss_before = gateway.rss_kib()
     with Load(gateway.url + "/slow", clients=96) as load, Load(gateway.url + "/fast", 4) as other:
         # The backend queues everything past 4: latency rises, and the limit comes down
         # from 64 toward what the backend serves at once.
@@ -140,6 +146,10 @@ def test_an_overloaded_upstream_is_admitted_its_capacity_and_the_rest_refused_at
         wait_until(lambda: slow.served >= 100, timeout=60, what="100 more served")
         now = limiter(admin, "slow")
         samples = admin.scrape()
+        peak_growth = gateway.rss_kib("VmHWM") - rss_before
+    # What 96 clients past the limit cost the worker: refusals hold nothing, the queue at
+    # most 8 requests (about 3 MiB here; 32 MiB is the bound that says "bounded").
+    assert peak_growth < 32 * 1024, peak_growth
     assert slow.max_outstanding < 48, (slow.stats(), fallen, now)
     assert 0 <= now["queued"] <= 8 and now["min_rtt_ms"] >= 50
     statuses = Counter((status, code) for status, code, _ in load.answers)
@@ -155,11 +165,6 @@ def test_an_overloaded_upstream_is_admitted_its_capacity_and_the_rest_refused_at
     assert "over its adaptive concurrency limit" in gateway.logs()
     # The load is gone: everything is answered again.
     assert httpx.get(gateway.url + "/slow").status_code == 200
-
-
-def limiter_or_none(admin: Admin, name: str) -> object:
-    upstreams = admin.get("/admin/upstreams").json()["upstreams"]
-    return next(u for u in upstreams if u["name"] == name)["adaptive_concurrency"]
 
 
 SHEDDING = """

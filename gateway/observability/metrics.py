@@ -228,8 +228,8 @@ class GatewayMetrics:
             __version__, platform.python_version(), platform.python_implementation()
         ).set(1)
         self._config: tuple[str, str] | None = None
-        self._health_seen: dict[tuple[str, str, str], int] = {}
-        self._refused_seen: dict[str, int] = {}
+        #: The running totals already counted, by counter and labels (``_count_up``).
+        self._seen: dict[tuple[object, ...], int] = {}
 
     # ---- state gauges -------------------------------------------------------------------
 
@@ -262,19 +262,20 @@ class GatewayMetrics:
                 ("failed", view.health_checks_failed),
             ):
                 if total is not None:
-                    key = (name, target, result)
-                    delta = total - self._health_seen.get(key, 0)
-                    if delta > 0:
-                        self.health_checks.labels(name, target, result).inc(delta)
-                    self._health_seen[key] = total
+                    self._count_up(self.health_checks, (name, target, result), total)
         for name, limiter in limiters(state):
             self.concurrency_limit.labels(name).set(limiter.limit)
             self.concurrency_in_flight.labels(name).set(limiter.in_flight)
             self.concurrency_queued.labels(name).set(limiter.queued)
-            delta = limiter.refused - self._refused_seen.get(name, 0)
-            if delta > 0:
-                self.concurrency_refused.labels(name).inc(delta)
-            self._refused_seen[name] = limiter.refused
+            self._count_up(self.concurrency_refused, (name,), limiter.refused)
+
+    def _count_up(self, counter: Counter, labels: tuple[str, ...], total: int) -> None:
+        """Bring ``counter`` up to a running ``total`` the upstream layer keeps itself."""
+        key = (counter, *labels)
+        delta = total - self._seen.get(key, 0)
+        if delta > 0:
+            counter.labels(*labels).inc(delta)
+        self._seen[key] = total
 
     def exposition(self) -> bytes:
         registry = self._registry
