@@ -13,7 +13,8 @@ from gateway.asgi_types import ASGIApp
 from gateway.config import GatewayConfig
 from gateway.edge.errors import error_body
 from gateway.inprocess import BLUEPRINT, InProcessApp
-from gateway.observability.runtime import Observability
+from gateway.observability.runtime import Instruments, Observability
+from gateway.ops.control import Control
 from gateway.ops.reload import HotReload
 from gateway.proxy import Proxy
 from gateway.server.limits import ServerLimits
@@ -73,19 +74,20 @@ def create_app(
                     response.headers["Allow"] = value
         return response
 
-    observability = Observability(config, runtime_dir)
-    state = build_state(config, observability.observers)
-    proxy = Proxy(cast(ASGIApp, app.asgi_app), state)
-    app.asgi_app = observability.install(app, proxy)  # type: ignore[method-assign,assignment]
-    app.extensions["quartgate"] = proxy
+    # Built in the order they need each other, each complete when made: the instruments
+    # (the snapshot's requests report to them), the snapshot and the proxy serving it, the
+    # reloader that swaps it (docs/reload.md: SIGHUP, `quartgate reload`, the admin API),
+    # and the observability joining them (readiness, admin API, sync task).
+    instruments = Instruments(config)
+    control = Control(runtime_dir)
+    proxy = Proxy(cast(ASGIApp, app.asgi_app), build_state(config, instruments.observers))
     proxy.apps.update(apps)
+    reloader = HotReload(proxy, control, environ or {}, limits, instruments.metrics)
+    observability = Observability(config.observability, instruments, control, proxy, reloader)
+    app.asgi_app = observability.install(app)  # type: ignore[method-assign,assignment]
+    app.extensions["quartgate"] = proxy
     # A drain (SIGTERM, gateway/server/drain.py) closes open WebSocket sessions with 1001.
     app.extensions["quartgate.going_away"] = proxy.sessions.going_away
-    # Hot reload (docs/reload.md): SIGHUP, `quartgate reload`, or the admin API.
-    reloader = HotReload(proxy, environ or {}, limits)
-    reloader.prepare.append(observability.apply_control)
-    observability.reloader = reloader.reload
-    reloader.on_signal = observability.reload_counted  # counted in the reload metrics
     app.extensions["quartgate.reload"] = reloader
 
     @app.before_serving

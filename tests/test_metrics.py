@@ -14,7 +14,7 @@ import pytest
 from gateway.config import parse_config
 from gateway.edge.context import RequestContext
 from gateway.observability.metrics import GatewayMetrics, MetricsObserver
-from gateway.observability.runtime import Observability
+from gateway.observability.runtime import Instruments
 from gateway.observability.sections import MetricsSettings
 from tests.support.gateway import GatewayProcess, dead_port
 from tests.support.observability import Admin, series, value, wait_until
@@ -208,7 +208,7 @@ def test_metrics_disabled_or_no_admin_means_no_observer() -> None:
     base += 'upstream = "main"\n'
     disabled = '[admin]\nbind = "127.0.0.1:9901"\n[metrics]\nenabled = false\n' + base
     for text in (base, disabled):
-        obs = Observability(parse_config(tomllib.loads(text)))
+        obs = Instruments(parse_config(tomllib.loads(text)))
         assert obs.observers == ()
         assert obs.metrics is None
 

@@ -87,6 +87,12 @@ def apply_drained(upstream: Upstream, urls: frozenset[str]) -> None:
                 refresh()
 
 
+def apply_control(state: GatewayState, control: Control) -> None:
+    """Apply the operator's target drains to a snapshot (each sync, and a reloaded one)."""
+    for name, upstream in state.upstreams.items():
+        apply_drained(upstream, control.drained_targets(name))
+
+
 def matches(view: TargetView, name: str) -> bool:
     """How an operator may name a target in an admin path: host:port or the full URL."""
     authority = view.url.partition("://")[2]

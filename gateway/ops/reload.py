@@ -3,8 +3,12 @@
 New requests take the new snapshot (``Proxy.state`` is read once per request); requests in
 flight finish on the old one, whose upstreams close once those requests are done. A file
 that does not load is refused with every ``file: key: reason`` logged, and the old
-snapshot stays. Triggered by SIGHUP (``quartgate reload`` sends it), or by whoever holds
-the :class:`HotReload` (the admin API).
+snapshot stays. Triggered by SIGHUP (``quartgate reload`` sends it) or ``POST
+/admin/reload``; with several workers, the one that was asked bumps the shared generation
+(gateway/ops/control.py) and the others follow it.
+
+Each reload is logged once (``config reloaded: ...`` or ``config reload refused, ...``) and
+counted once in ``quartgate_config_reloads_total``, however many workers reload.
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, GatewayConfig, Problem, load_config
+from gateway.observability.targets import apply_control
 from gateway.server.limits import ServerLimits
-from gateway.state import GatewayState, build_state
+from gateway.state import build_state
 
 if TYPE_CHECKING:
+    from gateway.observability.metrics import GatewayMetrics
+    from gateway.ops.control import Control
     from gateway.proxy import Proxy
 
 log = logging.getLogger("quartgate")
@@ -58,25 +66,37 @@ def needs_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
 
 
 class HotReload:
-    """Reloads one app's :class:`Proxy` snapshot from its config file."""
+    """Reloads one app's :class:`Proxy` snapshot from its config file, and says so once."""
 
     def __init__(
-        self, proxy: Proxy, environ: Mapping[str, str], limits: ServerLimits | None = None
+        self,
+        proxy: Proxy,
+        control: Control,
+        environ: Mapping[str, str],
+        limits: ServerLimits | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._proxy = proxy
+        #: Operator decisions: re-applied to each new snapshot; with several workers, also
+        #: the generation every worker follows and the counts the supervisor leaves.
+        self._control = control
         #: The variables a config may name (``[admin] token_env``), as the app was given.
         self._environ = environ
         #: The server engine's limits (gateway/server/limits.py), refilled on each reload.
         self._limits = limits
-        #: Called with each new snapshot before it is swapped in (operator drains, ...).
-        self.prepare: list[Callable[[GatewayState], None]] = []
-        #: What a SIGHUP runs; the admin layer may wrap :meth:`reload` to count results.
-        self.on_signal: Callable[[], Awaitable[object]] = self.reload_logged
+        self._metrics = metrics
+        self._generation = control.generation
+        #: When the config in force was loaded (``/admin/config``, the info metric).
+        self.loaded_at = time.time()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._lock = asyncio.Lock()
 
     async def reload(self) -> GatewayConfig:
-        """Swap in a snapshot built from the file again; raise :class:`ConfigError` if not."""
+        """Swap in a snapshot built from the file again; raise :class:`ConfigError` if not.
+
+        Neither logged nor counted: that is :meth:`request`'s, :meth:`follow`'s and
+        SIGHUP's, which call this.
+        """
         async with self._lock:  # two SIGHUPs in a row: one reload after the other
             old = self._proxy.state
             config = load_config(old.config.source, environ=self._environ)
@@ -84,8 +104,7 @@ class HotReload:
             if problems:
                 raise ConfigError(problems)
             state = build_state(config, old.observers)
-            for hook in self.prepare:
-                hook(state)
+            apply_control(state, self._control)
             state.start()
             self._proxy.state = state
             if self._limits is not None:  # header_timeout, max_header_size: both engines
@@ -97,18 +116,47 @@ class HotReload:
             self._keep(asyncio.ensure_future(old.retire()))
             return config
 
-    async def reload_logged(self) -> GatewayConfig | None:
+    async def request(self) -> tuple[GatewayConfig, str]:
+        """Reload here now and have every other worker follow; (new config, old version)."""
+        previous = self._proxy.state.config.version
+        config = await self._reload(count=True)
+        if self._control.shared:
+            with self._control.change() as control:
+                control.generation += 1
+                self._generation = control.generation
+        return config, previous
+
+    async def follow(self) -> None:
+        """Reload if another worker was asked to since the last look (the sync task's)."""
+        if self._control.generation == self._generation:
+            return
+        self._generation = self._control.generation
+        with contextlib.suppress(ConfigError):
+            await self._reload(count=False)  # counted by the worker that was asked
+
+    async def on_signal(self) -> None:
+        """SIGHUP. With several workers the supervisor checked and counted it already."""
+        with contextlib.suppress(ConfigError):
+            await self._reload(count=not self._control.shared)
+
+    async def _reload(self, count: bool) -> GatewayConfig:
+        metrics = self._metrics
         try:
             config = await self.reload()
         except ConfigError as error:
-            log.error(
-                "config reload refused, the running config stays:\n%s",
-                "\n".join(str(p) for p in error.problems),
-            )
-            return None
+            if count and metrics is not None:
+                metrics.config_reloads.labels("failure").inc()
+            log.error("config reload refused, the running config stays:\n%s", error)
+            raise
+        self.loaded_at = time.time()
+        if metrics is not None:
+            if count:
+                metrics.config_reloads.labels("success").inc()
+            metrics.config_loaded(config.version, config.source, self.loaded_at)
         log.info(
-            "config reloaded from %s: %d routes, %d upstreams",
+            "config reloaded: %s (version %s): %d routes, %d upstreams",
             config.source,
+            config.version,
             len(config.routes),
             len(config.upstreams) + len(config.app_upstreams),
         )

@@ -55,7 +55,6 @@ log = logging.getLogger("quartgate")
 _TAIL: Final = b"\x00\x00\xff\xff"
 
 
-
 @dataclass(slots=True)
 class Inflation:
     """One connection's inflation limit, and why inflating failed (the close reason)."""
@@ -67,7 +66,6 @@ class Inflation:
 #: Set while Hypercorn accepts a session: the :class:`Inflation` of the extension that
 #: its handshake creates (``Handshake.accept`` builds it with no arguments).
 ACCEPTING: ContextVar[Inflation | None] = ContextVar("quartgate_accepting", default=None)
-
 
 
 class BoundedPerMessageDeflate(PerMessageDeflate):

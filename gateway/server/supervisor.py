@@ -103,6 +103,7 @@ def reload_command(
 
 # ---- a worker ------------------------------------------------------------------------------
 
+
 def missing_packages(engine: str) -> list[str]:
     """The packages ``engine`` needs that are not installed (``[fast]`` extra)."""
     return ENGINES[engine].missing_packages()
@@ -137,9 +138,7 @@ def _terminate_when_ready(process: Any, ready: Event, timeout: float = 60.0) -> 
     _terminate(process)
 
 
-def _worker_main(
-    config: Config, environment: Environment, sockets: Sockets, ready: Event
-) -> None:
+def _worker_main(config: Config, environment: Environment, sockets: Sockets, ready: Event) -> None:
     """Entry point of a spawned worker process."""
     sys.exit(run_worker(config, environment, sockets, ready))
 

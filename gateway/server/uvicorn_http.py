@@ -94,7 +94,6 @@ class HttpProtocol(HttpToolsProtocol):
     request only notes two times (two timers per request cost 10 µs, 7% of its CPU).
     """
 
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
         #: The engine's ``UvicornSettings`` carries them (uvicorn_engine.py).

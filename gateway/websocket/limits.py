@@ -69,5 +69,7 @@ def truncate(reason: str) -> str:
     if len(encoded) <= 123:
         return reason
     return encoded[:123].decode("utf-8", "ignore")
+
+
 #: The limit when no accept set one (the servers' own default message size).
 DEFAULT_LIMIT: Final = 16 * 1024 * 1024
