@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+
+
+def path_params(path: str) -> tuple[str, ...]:
+    """The ``{name}`` parameters of a route path, in order."""
+    return tuple(_PARAM.findall(path))
+
+
+def parse_methods(raw: Iterable[object]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Method names as configured, upper-cased; and the indexes of those that are none."""
+    methods = tuple(str(item).upper() for item in raw)
+    return methods, tuple(i for i, method in enumerate(methods) if method not in ALL_METHODS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +48,7 @@ def validate_path(path: str) -> str | None:
                 return f"segment {segment!r}: a template segment must be exactly '{{name}}'"
         elif segment in (".", ".."):
             return "must not contain '.' or '..' segments"
-    names = _PARAM.findall(path)
+    names = path_params(path)
     if len(names) != len(set(names)):
         return "repeats a template parameter"
     return None
@@ -71,7 +83,7 @@ class Route:
             host = None
         self.host = host
         self.segments = 0 if path == "/" else path.count("/")
-        self.params = tuple(_PARAM.findall(path))
+        self.params = path_params(path)
         if self.params:
             parts = []
             for segment in path.strip("/").split("/"):

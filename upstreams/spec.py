@@ -12,6 +12,11 @@ from upstreams.concurrency import AdaptiveConcurrencySpec
 from upstreams.health import HealthSpec
 
 
+def default_port(scheme: str) -> int:
+    """The port a URL of ``scheme`` means when it names none."""
+    return 443 if scheme == "https" else 80
+
+
 @dataclass(frozen=True, slots=True)
 class TargetSpec:
     """One server of an upstream: scheme, host and port come from config, never from clients."""
@@ -23,9 +28,8 @@ class TargetSpec:
 
     @property
     def authority(self) -> str:
-        default = 443 if self.scheme == "https" else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
+        return host if self.port == default_port(self.scheme) else f"{host}:{self.port}"
 
     @property
     def url(self) -> str:

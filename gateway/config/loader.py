@@ -21,9 +21,7 @@ from pydantic import ValidationError
 from gateway.config.model import GatewayConfig
 from gateway.config.problems import ConfigError, Loc, Problem, key_of, reasons
 from gateway.config.references import check_references
-from gateway.config.schema import DOCUMENT
-from gateway.observability.sections import ObservabilitySettings
-from gateway.policies.shared import EdgeSettings
+from gateway.config.schema import DERIVED, DOCUMENT, GROUPS
 
 _NO_ENVIRONMENT: Mapping[str, str] = types.MappingProxyType({})
 
@@ -66,19 +64,22 @@ def parse_config(
     if found:
         raise ConfigError([Problem(file, key_of(loc), reason) for loc, reason in found])
     routes = values["routes"]
+    tables = {key: values[key] for key in values if key not in DERIVED}
+    groups = {name: cls(**_take(cls, tables)) for name, cls in GROUPS.items()}
     return GatewayConfig(
-        file,
-        values["gateway"],
-        values["upstreams"].http,
-        values["upstreams"].apps,
-        tuple(spec for spec, _ in routes),
-        observability=ObservabilitySettings(
-            values["admin"], values["metrics"], values["access_log"], values["tracing"]
-        ),
-        edge=EdgeSettings(values["consumers"], values["jwt_providers"], values["redis"]),
-        server=values["server"],
+        source=file,
+        upstreams=values["upstreams"].http,
+        app_upstreams=values["upstreams"].apps,
+        routes=tuple(spec for spec, _ in routes),
         route_policies={spec.name: policies for spec, policies in routes},
+        **groups,
+        **tables,
     )
+
+
+def _take(cls: type[Any], tables: dict[str, Any]) -> dict[str, Any]:
+    """Remove and return the tables that are ``cls``'s fields."""
+    return {f.name: tables.pop(f.name) for f in dataclasses.fields(cls)}
 
 
 def _frozen(value: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.config.problems import Loc
 from gateway.config.route_tables import methods_of
-from routes.model import ALL_METHODS, validate_path
+from routes.model import parse_methods, validate_path
 
 
 def check_references(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
@@ -60,9 +60,9 @@ def _identity(entry: dict[str, Any]) -> tuple[str | None, str, frozenset[str] | 
     if not path or validate_path(path) is not None:
         return None
     raw = entry.get("methods")
-    upper = [str(m).upper() for m in raw] if isinstance(raw, tuple) else []
+    named, bad = parse_methods(raw if isinstance(raw, tuple) else ())
     cors_on = isinstance(entry.get("cors"), dict)
-    methods = methods_of((m for m in upper if m in ALL_METHODS), cors_on)
+    methods = methods_of((m for i, m in enumerate(named) if i not in bad), cors_on)
     host = _text(entry, "host")
     return (host.lower() if host else None, path.rstrip("/") or "/", methods)
 

@@ -8,7 +8,6 @@ and the two rules that join them: HEAD follows GET, and a CORS route takes prefl
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
@@ -21,10 +20,8 @@ from gateway.config.tables import annotated, fields_of, keys_table, table
 from gateway.policies import cors, header_rules, ratelimit
 from gateway.policies.auth import AuthSettings
 from gateway.websocket.limits import WebSocketSettings
-from routes.model import ALL_METHODS, RouteSpec, validate_path
+from routes.model import RouteSpec, parse_methods, path_params, validate_path
 from upstreams.retry import CONDITIONS, RetrySpec
-
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def methods_of(names: Iterable[str], cors_on: bool) -> frozenset[str] | None:
@@ -42,11 +39,10 @@ def methods_of(names: Iterable[str], cors_on: bool) -> frozenset[str] | None:
 
 
 def _route_methods(raw: tuple[Any, ...]) -> tuple[str, ...]:
-    upper = [str(m).upper() for m in raw]
-    bad = [m for m in upper if m not in ALL_METHODS]
+    methods, bad = parse_methods(raw)
     if bad:
-        raise Invalid.at(f"unknown method(s) {', '.join(bad)}")
-    return tuple(upper)
+        raise Invalid.at(f"unknown method(s) {', '.join(methods[i] for i in bad)}")
+    return methods
 
 
 def _each(raw: tuple[Any, ...], test: Any, reason: str) -> None:
@@ -146,7 +142,7 @@ _HEADERS = keys_table(
 
 def _header_rules(values: dict[str, Any], info: ValidationInfo) -> header_rules.HeaderRules:
     """Templates compiled now, against the route's path parameters (``{id}``)."""
-    params = tuple(_PARAM.findall(info.data.get("path") or ""))
+    params = path_params(info.data.get("path") or "")
     found: list[tuple[Loc, str]] = []
     sides: list[header_rules.HeaderRuleSet] = []
     for side in _SIDES:
@@ -228,15 +224,10 @@ def _retry_on(raw: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 def _retry_methods(raw: tuple[Any, ...]) -> tuple[str, ...]:
-    methods = [str(item).upper() for item in raw]
-    bad = [
-        ((index,), f"unknown method {item!r}")
-        for index, (item, method) in enumerate(zip(raw, methods, strict=True))
-        if method not in ALL_METHODS
-    ]
+    methods, bad = parse_methods(raw)
     if bad:
-        raise Invalid(*bad)
-    return tuple(methods)
+        raise Invalid(*(((index,), f"unknown method {raw[index]!r}") for index in bad))
+    return methods
 
 
 RETRY = table(
@@ -281,7 +272,7 @@ _ROUTE: TypeAdapter[Any] = TypeAdapter(ROUTE)
 
 
 def route(index: int, values: dict[str, Any]) -> tuple[RouteSpec, RoutePolicies]:
-    policies = RoutePolicies(**{f.name: values[f.name] for f in dataclasses.fields(RoutePolicies)})
+    policies = RoutePolicies(**_fields(RoutePolicies, values))
     methods = methods_of(values["methods"], policies.cors is not None)
     if policies.cors is not None and methods is not None:  # does the route serve OPTIONS?
         options = "OPTIONS" in values["methods"]
@@ -289,15 +280,19 @@ def route(index: int, values: dict[str, Any]) -> tuple[RouteSpec, RoutePolicies]
             policies, cors=dataclasses.replace(policies.cors, route_options=options)
         )
     spec = RouteSpec(
-        values["name"] or f"route{index}",
-        values["path"],
-        values["upstream"],
-        methods,
-        values["host"] or None,
-        values["strip_prefix"],
-        values["preserve_host"],
+        **_fields(RouteSpec, values)
+        | {
+            "name": values["name"] or f"route{index}",
+            "methods": methods,
+            "host": values["host"] or None,
+        }
     )
     return spec, policies
+
+
+def _fields(cls: type[Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The validated values of ``cls``'s fields, by name (the table holds both halves)."""
+    return {f.name: values[f.name] for f in dataclasses.fields(cls)}
 
 
 def routes(raw: Any) -> tuple[tuple[RouteSpec, RoutePolicies], ...]:

@@ -13,16 +13,17 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, TypeAdapter
 
 from gateway.config.checks import header_name, one_of
-from gateway.config.model import ENGINES, GatewaySettings, Network, ServerSettings
+from gateway.config.model import ENGINES, GatewayConfig, GatewaySettings, Network, ServerSettings
 from gateway.config.observability_tables import ACCESS_LOG, ADMIN, METRICS, TRACING
 from gateway.config.problems import Invalid
 from gateway.config.route_tables import ROUTES
 from gateway.config.shared_tables import CONSUMERS, JWT_PROVIDERS, REDIS
-from gateway.config.tables import keys_table, table
+from gateway.config.tables import fields_of, keys_table, table
 from gateway.config.upstream_tables import UPSTREAMS, Upstreams
 from gateway.edge.normalize import ESCAPED_SLASH_ACTIONS, PATH_PARAMETER_ACTIONS
 from gateway.edge.traceparent import TRACE_MODES
-from gateway.observability.sections import MetricsSettings
+from gateway.observability.sections import ObservabilitySettings
+from gateway.policies.shared import EdgeSettings
 
 
 def _networks(raw: tuple[Any, ...]) -> tuple[Network, ...]:
@@ -50,22 +51,44 @@ GATEWAY = table(
 )
 SERVER = table(ServerSettings, checks={"engine": one_of(ENGINES)})
 
-#: The whole file. Validates to a dict of the tables' values, by key.
+#: ``GatewayConfig``'s fields that are no top-level table: from the file's name and bytes,
+#: or from another table (``[[routes]]`` and ``[upstreams]`` hold two fields each).
+DERIVED = ("source", "version", "upstreams", "app_upstreams", "routes", "route_policies")
+#: Fields grouped on ``GatewayConfig`` whose tables are top-level in the file.
+GROUPS = {"observability": ObservabilitySettings, "edge": EdgeSettings}
+
+_TOP = fields_of(
+    GatewayConfig, exclude=(*DERIVED, *GROUPS), fields={"gateway": GATEWAY, "server": SERVER}
+)
+
+#: The whole file. Validates to a dict of the tables' values, by key (in the order problems
+#: are reported); each key, type and default comes from the dataclass field it fills, and
+#: loader.py builds those by name.
 DOCUMENT: TypeAdapter[dict[str, Any]] = TypeAdapter(
     keys_table(
         "GatewayDocument",
         {
-            "gateway": (GATEWAY, GatewaySettings()),
+            "gateway": _TOP.pop("gateway"),
             "upstreams": (UPSTREAMS, Upstreams()),
             "routes": (ROUTES, ()),
-            "admin": (ADMIN | None, None),
-            "metrics": (METRICS, MetricsSettings()),
-            "access_log": (ACCESS_LOG | None, None),
-            "tracing": (TRACING | None, None),
-            "server": (SERVER, ServerSettings()),
-            "consumers": (CONSUMERS, {}),
-            "jwt_providers": (JWT_PROVIDERS, {}),
-            "redis": (REDIS | None, None),
+            **fields_of(
+                ObservabilitySettings,
+                fields={
+                    "admin": ADMIN | None,
+                    "metrics": METRICS,
+                    "access_log": ACCESS_LOG | None,
+                    "tracing": TRACING | None,
+                },
+            ),
+            **_TOP,  # [server]
+            **fields_of(
+                EdgeSettings,
+                fields={
+                    "consumers": CONSUMERS,
+                    "jwt_providers": JWT_PROVIDERS,
+                    "redis": REDIS | None,
+                },
+            ),
         },
     )
 )

@@ -19,7 +19,7 @@ from upstreams.balancer import BALANCERS
 from upstreams.breaker import BreakerSpec
 from upstreams.concurrency import AdaptiveConcurrencySpec
 from upstreams.health import HealthSpec
-from upstreams.spec import TargetSpec, UpstreamSpec
+from upstreams.spec import TargetSpec, UpstreamSpec, default_port
 
 
 def _target_url(url: str) -> str:
@@ -40,8 +40,8 @@ def _target_url(url: str) -> str:
 
 def _target(url: str, weight: int) -> TargetSpec:
     parts = urlsplit(url)
-    default = 443 if parts.scheme == "https" else 80
-    return TargetSpec(parts.scheme, parts.hostname or "", parts.port or default, weight)
+    port = parts.port or default_port(parts.scheme)
+    return TargetSpec(parts.scheme, parts.hostname or "", port, weight)
 
 
 #: ``{ url = "...", weight = 2 }``; a URL alone is weight 1.
