@@ -96,7 +96,7 @@ def import_apps(config: GatewayConfig) -> dict[str, str]:
 
 
 def route_table(config: GatewayConfig) -> str:
-    from routes.matching import RouteTable
+    from routes.model import RouteTable
 
     rows = [("ROUTE", "HOST", "PATH", "METHODS", "UPSTREAM", "REWRITE")]
     for route in RouteTable(config.routes).routes:  # in match precedence order

@@ -1,19 +1,25 @@
-"""Everything a request needs, built once from a config: the snapshot a reload swaps."""
+"""Everything a request needs, built once from a config: the snapshot a reload swaps.
+
+That includes the edge stages (:class:`EdgeStages`), shared by the HTTP request path
+(gateway/pipeline/) and WebSocket handshakes (gateway/websocket/handshake.py): nothing
+about them is decided per request.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 
-from gateway.config import GatewayConfig, RoutePolicies
+from gateway.config import GatewayConfig, GatewaySettings, RoutePolicies
+from gateway.edge.checks import EdgeChecks
 from gateway.edge.context import Observer, Policy
 from gateway.edge.headers import TrustedProxies
-from gateway.edge.stages import EdgeStages, build_edge
+from gateway.edge.identity import Identity
+from gateway.edge.normalize import Normaliser
 from gateway.policies.route_chain import Resources, build_policies
 from gateway.websocket.connect import Connector
 from gateway.websocket.limits import WebSocketSettings
-from routes.matching import RouteTable
-from routes.model import Route
+from routes.model import Route, RouteTable
 from upstreams.retry import RetryPolicy
 from upstreams.upstream import Upstream
 
@@ -37,6 +43,26 @@ class RouteRuntime:
     websocket: WebSocketSettings | None = None
     #: Opens upstream WebSocket connections; None for in-process apps and plain routes.
     connector: Connector | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeStages:
+    #: Header limits, method, framing, target, control characters, one Host.
+    requests: EdgeChecks
+    #: The same for a WebSocket handshake (its wording; no framing: it has no body).
+    handshakes: EdgeChecks
+    normaliser: Normaliser
+    identity: Identity
+
+
+def build_edge(settings: GatewaySettings, trusted: TrustedProxies) -> EdgeStages:
+    count, size = settings.max_header_count, settings.max_header_size
+    return EdgeStages(
+        EdgeChecks.for_requests(count, size),
+        EdgeChecks.for_handshakes(count, size),
+        Normaliser(settings.escaped_slashes, settings.path_parameters),
+        Identity(trusted, settings.traceparent),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +106,7 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
     upstreams = {name: Upstream(spec) for name, spec in config.upstreams.items()}
     table = RouteTable(config.routes)
     runtimes: dict[str, RouteRuntime] = {}
-    resources = Resources(config.edge)
+    resources = Resources(config.shared)
     connectors: dict[str, Connector] = {}
     for route in table.routes:
         spec = route.spec

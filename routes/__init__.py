@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from routes.matching import Match, MatchKind, RouteTable
-from routes.model import Route, RouteSpec
+from routes.model import Match, MatchKind, Route, RouteSpec, RouteTable
 
 __all__ = ["Match", "MatchKind", "Route", "RouteSpec", "RouteTable"]

@@ -17,7 +17,7 @@ import pytest
 from gateway.asgi_types import Message, Receive, Scope, Send
 from gateway.config import parse_config
 from gateway.edge.context import RequestContext
-from gateway.edge.request_id import new_request_id
+from gateway.edge.head import new_request_id
 from gateway.pipeline.disconnect_watch import WATCH_AFTER
 from gateway.proxy import Proxy
 from gateway.state import build_state
@@ -148,7 +148,7 @@ def test_a_connection_the_client_closed_mid_request_is_closed_by_the_gateway(
     upstream: UpstreamServer, make_gateway: Callable[..., GatewayProcess]
 ) -> None:
     # Hypercorn alone keeps it in CLOSE-WAIT until keep_alive_timeout (75 s): memory that
-    # grows with the rate clients reconnect (gateway/tuning.py).
+    # grows with the rate clients reconnect (gateway/server/app_loader.py).
     gateway = make_gateway(CONFIG.format(upstream=upstream.url))
     upstream.reset()
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:

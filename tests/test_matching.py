@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from routes.matching import MatchKind, RouteTable
-from routes.model import Route, RouteSpec, validate_path
+from routes.model import MatchKind, Route, RouteSpec, RouteTable, validate_path
 
 
 def table(*specs: RouteSpec) -> RouteTable:

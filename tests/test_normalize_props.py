@@ -11,10 +11,9 @@ from hypothesis import strategies as st
 from gateway.edge.errors import GatewayError
 from gateway.edge.forwarding import parse_forwarded, resolve, untrusted_headers
 from gateway.edge.headers import TrustedProxies
+from gateway.edge.identity import next_hop
 from gateway.edge.normalize import normalize_path, split_absolute
-from gateway.edge.traceparent import next_hop
-from routes.matching import MatchKind, RouteTable
-from routes.model import RouteSpec
+from routes.model import MatchKind, RouteSpec, RouteTable
 
 # ---- normalisation: examples ---------------------------------------------------------------
 

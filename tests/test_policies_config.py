@@ -51,7 +51,7 @@ allow_origins = ["https://a.test"]
     )
     spec = config.routes[0]
     assert spec.methods is not None and "OPTIONS" in spec.methods  # preflights get through
-    policies = build_policies(spec.name, config.policies_of(spec), Resources(config.edge))
+    policies = build_policies(spec.name, config.policies_of(spec), Resources(config.shared))
     names = [type(p).__name__ for p in policies]
     assert names == ["CorsPolicy", "AuthPolicy", "RateLimitPolicy", "HeaderRulesPolicy"]
 
@@ -59,7 +59,7 @@ allow_origins = ["https://a.test"]
 def test_route_without_policies_has_an_empty_pipeline() -> None:
     config = parse('[[routes]]\npath = "/"\nupstream = "main"\n')
     spec = config.routes[0]
-    assert build_policies(spec.name, config.policies_of(spec), Resources(config.edge)) == ()
+    assert build_policies(spec.name, config.policies_of(spec), Resources(config.shared)) == ()
 
 
 @pytest.mark.parametrize(

@@ -27,15 +27,12 @@ from upstreams.errors import (
     UpstreamTimeout,
 )
 from upstreams.h1.framing import request_bytes, write_streamed_body
-from upstreams.layers.breaking import Breaking
-from upstreams.layers.capping import Capping
-from upstreams.layers.counting import Counting
+from upstreams.layers.counts import Capping, Counting
+from upstreams.layers.per_try import Breaking, TryTimeout
 from upstreams.layers.retrying import Retrying
-from upstreams.layers.stacking import stack
-from upstreams.layers.try_timeout import TryTimeout
 from upstreams.messages import UpstreamRequest, UpstreamResponse
 from upstreams.retry import RetryPolicy, RetrySpec
-from upstreams.sender import PoolStats, Sends
+from upstreams.sender import PoolStats, Sends, stack
 from upstreams.spec import TargetSpec, UpstreamSpec
 from upstreams.target import Target
 from upstreams.upstream import Upstream

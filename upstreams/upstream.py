@@ -9,17 +9,14 @@ import httpx
 from upstreams.balancer import make_balancer
 from upstreams.h2 import H2Sender
 from upstreams.health import HealthChecker
-from upstreams.layers.breaking import Breaking
-from upstreams.layers.capping import Capping
-from upstreams.layers.counting import Counting
+from upstreams.layers.counts import Capping, Counting
 from upstreams.layers.limiting import Limiting
+from upstreams.layers.per_try import Breaking, TryTimeout
 from upstreams.layers.picking import Picker
 from upstreams.layers.retrying import Retrying
-from upstreams.layers.stacking import stack
-from upstreams.layers.try_timeout import TryTimeout
 from upstreams.messages import UpstreamRequest
 from upstreams.pool import ConnectionPool
-from upstreams.sender import Sender, Sending
+from upstreams.sender import Sender, Sending, stack
 from upstreams.spec import UpstreamSpec
 from upstreams.target import Target
 

@@ -22,7 +22,7 @@ from gateway.policies.auth import AuthSettings
 from gateway.policies.cors import CorsSettings
 from gateway.policies.header_rules import HeaderRules
 from gateway.policies.ratelimit import RateLimitSettings
-from gateway.policies.shared import EdgeSettings
+from gateway.policies.shared import SharedSettings
 from gateway.websocket.limits import WebSocketSettings
 from routes.model import RouteSpec
 from upstreams.retry import RetrySpec
@@ -52,7 +52,7 @@ class GatewaySettings:
     #: (400). docs/hardening.md.
     path_parameters: str = "keep"
     #: W3C traceparent: "propagate", "start" (also begin traces) or "off"
-    #: (gateway/edge/traceparent.py).
+    #: (gateway/edge/identity.py).
     traceparent: str = "propagate"
     #: More request header lines than this is answered 431 (Envoy's default is 100).
     max_header_count: Annotated[int, Gt(0)] = 100
@@ -128,7 +128,7 @@ class GatewayConfig:
     #: sha256 prefix of the file's bytes: what /admin/config and quartgate_config_info show.
     version: str = ""
     #: ``[consumers]``, ``[jwt_providers]``, ``[redis]`` for route policies (docs/policies.md).
-    edge: EdgeSettings = field(default_factory=EdgeSettings)
+    shared: SharedSettings = field(default_factory=SharedSettings)
     #: ``[server]``: the engine (docs/server.md).
     server: ServerSettings = ServerSettings()
     #: Route name -> its policies; a route not named here has none (:data:`NO_POLICIES`).

@@ -20,10 +20,10 @@ from gateway.config.route_tables import ROUTES
 from gateway.config.shared_tables import CONSUMERS, JWT_PROVIDERS, REDIS
 from gateway.config.tables import fields_of, keys_table, table
 from gateway.config.upstream_tables import UPSTREAMS, Upstreams
+from gateway.edge.identity import TRACE_MODES
 from gateway.edge.normalize import ESCAPED_SLASH_ACTIONS, PATH_PARAMETER_ACTIONS
-from gateway.edge.traceparent import TRACE_MODES
 from gateway.observability.sections import ObservabilitySettings
-from gateway.policies.shared import EdgeSettings
+from gateway.policies.shared import SharedSettings
 
 
 def _networks(raw: tuple[Any, ...]) -> tuple[Network, ...]:
@@ -55,7 +55,7 @@ SERVER = table(ServerSettings, checks={"engine": one_of(ENGINES)})
 #: or from another table (``[[routes]]`` and ``[upstreams]`` hold two fields each).
 DERIVED = ("source", "version", "upstreams", "app_upstreams", "routes", "route_policies")
 #: Fields grouped on ``GatewayConfig`` whose tables are top-level in the file.
-GROUPS = {"observability": ObservabilitySettings, "edge": EdgeSettings}
+GROUPS = {"observability": ObservabilitySettings, "shared": SharedSettings}
 
 _TOP = fields_of(
     GatewayConfig, exclude=(*DERIVED, *GROUPS), fields={"gateway": GATEWAY, "server": SERVER}
@@ -82,7 +82,7 @@ DOCUMENT: TypeAdapter[dict[str, Any]] = TypeAdapter(
             ),
             **_TOP,  # [server]
             **fields_of(
-                EdgeSettings,
+                SharedSettings,
                 fields={
                     "consumers": CONSUMERS,
                     "jwt_providers": JWT_PROVIDERS,

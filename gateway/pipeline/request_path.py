@@ -3,7 +3,7 @@ requests and, as Starlette's router does with one ``Match`` for both scope types
 WebSocket handshakes.
 
 Each stage is an object built once per snapshot (the edge stages with the snapshot itself,
-gateway/edge/stages.py; the rest here), named in one :class:`Stages` record, and
+gateway/state.py; the rest here), named in one :class:`Stages` record, and
 ``handle`` calls their bound methods, held in slots, in order: no closure, list or task is
 made per request for the chain itself, and the only per-request objects are the head
 record (the header scan's result, in place of the locals it replaced) and the

@@ -8,7 +8,7 @@ from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError
 from gateway.edge.headers import match_host
 from gateway.state import RouteRuntime
-from routes.matching import MatchKind, RouteTable
+from routes.model import MatchKind, RouteTable
 
 #: Distinct Host values remembered per snapshot; a client sending endless new ones only
 #: empties the cache, it never grows past this.

@@ -24,7 +24,7 @@ import jwt
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError
 from gateway.policies.header_rules import safe_value
-from gateway.policies.shared import Consumer, EdgeSettings, JwtProvider
+from gateway.policies.shared import Consumer, JwtProvider, SharedSettings
 
 CONSUMER_HEADER: Final = b"x-consumer-username"
 REALM: Final = 'realm="quartgate"'
@@ -42,16 +42,16 @@ class AuthSettings:
 
 
 class AuthPolicy:
-    def __init__(self, settings: AuthSettings, edge: EdgeSettings) -> None:
+    def __init__(self, settings: AuthSettings, shared: SharedSettings) -> None:
         self.by_hash: dict[str, Consumer] = {}
         if settings.api_key:
-            for consumer in edge.consumers.values():
+            for consumer in shared.consumers.values():
                 for digest in consumer.key_hashes:
                     self.by_hash[digest] = consumer
-        self.consumers = edge.consumers
+        self.consumers = shared.consumers
         self.key_header = settings.key_header.encode("ascii") if settings.api_key else None
         self.key_query = settings.key_query if settings.api_key else ""
-        self.provider: JwtProvider | None = edge.jwt_providers.get(settings.jwt)
+        self.provider: JwtProvider | None = shared.jwt_providers.get(settings.jwt)
         self.allow = frozenset(settings.allow)
         self.hide = settings.hide_credentials
         strip = {CONSUMER_HEADER}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from gateway.edge.context import Policy
 from gateway.policies import auth, cors, header_rules, ratelimit
-from gateway.policies.shared import EdgeSettings
+from gateway.policies.shared import SharedSettings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -22,13 +22,13 @@ if TYPE_CHECKING:
 class Resources:
     """What policies share across routes (one Redis client); closed with the state."""
 
-    def __init__(self, edge: EdgeSettings) -> None:
-        self.edge = edge
+    def __init__(self, shared: SharedSettings) -> None:
+        self.shared = shared
         self._redis: Redis | None = None
 
     def redis(self) -> Redis:
         if self._redis is None:
-            settings = self.edge.redis
+            settings = self.shared.redis
             assert settings is not None
             self._redis = ratelimit.make_redis(settings.url, settings.timeout)
         return self._redis
@@ -41,16 +41,16 @@ class Resources:
 
 def build_policies(route: str, policies: RoutePolicies, resources: Resources) -> tuple[Policy, ...]:
     """The pipeline of the route named ``route``; empty for most routes."""
-    edge = resources.edge
+    shared = resources.shared
     pipeline: list[Policy] = []
     if policies.cors is not None:
         pipeline.append(cors.CorsPolicy(policies.cors))
     if policies.auth is not None:
-        pipeline.append(auth.AuthPolicy(policies.auth, edge))
+        pipeline.append(auth.AuthPolicy(policies.auth, shared))
     limit = policies.rate_limit
     if limit is not None:
         redis = resources.redis() if limit.backend == "redis" else None
-        prefix = edge.redis.key_prefix if edge.redis else ""
+        prefix = shared.redis.key_prefix if shared.redis else ""
         pipeline.append(ratelimit.RateLimitPolicy(limit, route, redis, prefix))
     if policies.headers is not None:
         pipeline.append(header_rules.HeaderRulesPolicy(policies.headers))

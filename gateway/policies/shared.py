@@ -1,6 +1,6 @@
 """What every route's policies share: ``[consumers.NAME]``, ``[jwt_providers.NAME]`` and
-``[redis]``. Validated once (gateway.config) into :class:`EdgeSettings`, stored on
-``GatewayConfig.edge``."""
+``[redis]``. Validated once (gateway.config) into :class:`SharedSettings`, stored on
+``GatewayConfig.shared``."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class RedisSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeSettings:
+class SharedSettings:
     consumers: dict[str, Consumer] = field(default_factory=dict)
     jwt_providers: dict[str, JwtProvider] = field(default_factory=dict)
     redis: RedisSettings | None = None

@@ -7,7 +7,7 @@
 - ``drain``: the SIGTERM drain both engines share.
 - ``hypercorn_patches``: the Hypercorn-private names the Hypercorn engine touches, checked at
   start-up; ``protocol_guard``: the HTTP/1.1 rules Hypercorn and h11 lack, likewise checked.
-- ``tuning``: process-wide settings of a worker (GC).
+- ``app_loader``: the app one worker serves, and its process-wide GC settings.
 
 docs/server.md says what each engine supports and why uvicorn is the fast one.
 """

@@ -2,9 +2,21 @@
 
 ``quartgate serve`` calls :func:`build_app` in each worker with what its command line
 said; ``gateway.asgi`` calls it with the process environment, for a plain ASGI server.
+
+The engines then tune the worker process once the app is built (:func:`tune_gc`).
+Measured under wrk load (loadtests/README.md): with CPython's defaults the collector took
+about 8% of a worker's CPU, most of it in full collections that walk every long-lived
+object of the app (Quart, the server, config, route tables) once a second. Freezing what
+exists after start-up moves it out of the collector's sight, and a higher young-generation
+threshold collects the short-lived request objects in larger, rarer batches: 0.2% of CPU.
+A hot reload builds a new snapshot after the freeze; the old one is still freed by
+reference counting, only reference cycles in it would stay (none are known). The same on
+every engine.
 """
 
 from __future__ import annotations
+
+import gc
 
 from quart import Quart
 
@@ -14,7 +26,6 @@ from gateway.environment import Environment
 from gateway.inprocess import load_apps
 from gateway.logs import configure_logging
 from gateway.server.limits import ServerLimits
-from gateway.server.tuning import tune_gc
 
 
 def build_app(environment: Environment, limits: ServerLimits | None = None) -> Quart:
@@ -34,3 +45,16 @@ def build_app(environment: Environment, limits: ServerLimits | None = None) -> Q
     )
     tune_gc()  # after the app is built: what exists now lives as long as the worker
     return app
+
+
+# ---- process-wide tuning of a serving worker -----------------------------------------------
+
+#: (young, middle, old): young collections every 10,000 net container allocations instead
+#: of 700 (a few dozen requests instead of a few); the others as CPython's ratios.
+GC_THRESHOLDS = (10_000, 20, 100)
+
+
+def tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from upstreams.concurrency import AdaptiveConcurrencySpec, Gradient
 from upstreams.errors import UpstreamOverloaded, UpstreamTimeout
-from upstreams.layers.release import release_on_close
+from upstreams.layers.counts import release_on_close
 from upstreams.messages import UpstreamRequest, UpstreamResponse
 from upstreams.sender import Sends
 
