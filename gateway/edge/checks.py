@@ -35,6 +35,17 @@ from typing import TYPE_CHECKING, Final
 
 from gateway.asgi_types import Scope
 from gateway.edge.errors import GatewayError
+from gateway.edge.refusals import (
+    BAD_REQUEST,
+    CLOSE,
+    CODING_NOT_IMPLEMENTED,
+    HEAD_TOO_LARGE,
+    METHOD_NOT_IMPLEMENTED,
+    PAYLOAD_TOO_LARGE,
+    TOO_MANY_HEADERS,
+    WEBSOCKET_NOT_SUPPORTED,
+    Refusal,
+)
 from routes.model import ALL_METHODS
 
 if TYPE_CHECKING:
@@ -47,14 +58,10 @@ _HOST: Final = re.compile(
 #: A request-target's path and query on the wire: visible ASCII except "#".
 _TARGET_BYTES: Final = re.compile(rb"[!-\"$-~]*").fullmatch
 
-CLOSE: Final = (b"connection", b"close")
 
-
-def bad_request(scope: Scope, detail: str, status: int = 400) -> GatewayError:
+def bad_request(scope: Scope, detail: str, refusal: Refusal = BAD_REQUEST) -> GatewayError:
     """A refusal for an ambiguous request; over HTTP/1.x the connection closes after it."""
-    headers = [CLOSE] if scope.get("http_version") != "2" else []
-    code = "bad_request" if status == 400 else "not_implemented"
-    return GatewayError(status, code, detail, headers)
+    return refusal.error(detail, [CLOSE] if scope.get("http_version") != "2" else [])
 
 
 def check_framing(
@@ -67,17 +74,14 @@ def check_framing(
         if scope.get("http_version") == "1.0":
             raise bad_request(scope, "Transfer-Encoding in an HTTP/1.0 request")
         if transfer_encoding.strip(b" \t").lower() != b"chunked":
-            raise bad_request(scope, "only Transfer-Encoding: chunked is supported", 501)
+            detail = "only Transfer-Encoding: chunked is supported"
+            raise bad_request(scope, detail, CODING_NOT_IMPLEMENTED)
     elif content_length is not None:
         if content_length == b"conflict" or not content_length.isdigit():
             raise bad_request(scope, "invalid Content-Length")
         if len(content_length) > 18:  # no body is that large (and int() of it is costly)
-            raise GatewayError(
-                413,
-                "payload_too_large",
-                f"request body of {len(content_length)} digits of bytes",
-                [CLOSE] if scope.get("http_version") != "2" else [],
-            )
+            detail = f"request body of {len(content_length)} digits of bytes"
+            raise bad_request(scope, detail, PAYLOAD_TOO_LARGE)
 
 
 def check_target(scope: Scope) -> None:
@@ -96,18 +100,14 @@ def check_upgrade(scope: Scope, route: str) -> None:
         if name == b"upgrade" and b"websocket" in value.lower():
             if scope["method"] != "GET":
                 raise bad_request(scope, "a WebSocket handshake must be a GET request")
-            raise GatewayError(
-                501,
-                "websocket_not_supported",
-                f"route {route!r} does not proxy WebSocket connections",
-                [CLOSE] if scope.get("http_version") != "2" else [],
-            )
+            detail = f"route {route!r} does not proxy WebSocket connections"
+            raise bad_request(scope, detail, WEBSOCKET_NOT_SUPPORTED)
 
 
 def _handshake_refusal(scope: Scope, detail: str) -> GatewayError:
     """A handshake's refusal is an HTTP response to the upgrade; the server decides
     whether the connection stays."""
-    return GatewayError(400, "bad_request", detail)
+    return BAD_REQUEST.error(detail)
 
 
 class EdgeChecks:
@@ -161,13 +161,11 @@ class EdgeChecks:
         """Refuse (raise :class:`GatewayError`) what could be read two ways; nothing after
         this stage may act on an ambiguous request."""
         if len(scope["headers"]) > self._max_count:
-            raise GatewayError(431, "too_many_headers", self._too_many)
+            raise TOO_MANY_HEADERS.error(self._too_many)
         if head.size > self._max_size:
-            raise GatewayError(431, "headers_too_large", self._too_large)
+            raise HEAD_TOO_LARGE.error(self._too_large)
         if scope["method"] not in ALL_METHODS:
-            raise GatewayError(
-                501, "method_not_implemented", f"method {scope['method']} is not supported"
-            )
+            raise METHOD_NOT_IMPLEMENTED.error(f"method {scope['method']} is not supported")
         if self._framing and (
             head.content_length is not None or head.transfer_encoding is not None
         ):

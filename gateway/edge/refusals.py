@@ -71,6 +71,9 @@ GATEWAY_OVERLOADED: Final = Refusal(
 CODING_NOT_IMPLEMENTED: Final = Refusal(
     501, "not_implemented", "Not Implemented", "transfer coding not implemented (only chunked is)"
 )
+WEBSOCKET_NOT_SUPPORTED: Final = Refusal(
+    501, "websocket_not_supported", "Not Implemented", "the route does not proxy WebSockets"
+)
 
 #: Every refusal above, by code: what the docs and tests enumerate.
 REFUSALS: Final = {
@@ -84,6 +87,7 @@ REFUSALS: Final = {
         TOO_MANY_HEADERS,
         METHOD_NOT_IMPLEMENTED,
         CODING_NOT_IMPLEMENTED,
+        WEBSOCKET_NOT_SUPPORTED,
         GATEWAY_OVERLOADED,
     )
 }
