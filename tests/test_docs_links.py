@@ -56,3 +56,30 @@ def test_the_checker_sees_a_reference_outside() -> None:
     for line in ("a cap (PITFALLS.md)", "91/s (BASELINES.md)", "see ../shared/notes.md"):
         assert OUTSIDE.search(line)
     assert not OUTSIDE.search("see docs/known-defects.md and docs/baselines.md")
+
+
+#: A path of the repository's own, as prose and comments name one (``gateway/state.py``).
+MODULE_PATH = re.compile(
+    r"(?<![\w./-])((?:gateway|routes|upstreams|loadtests|tests|docs|scripts|examples)"
+    r"/[A-Za-z0-9_./-]*[A-Za-z0-9_]\.(?:py|md|toml|sh))\b"
+)
+
+
+def test_every_path_named_in_docs_and_code_exists() -> None:
+    """A module merged or renamed leaves no reference to its old name anywhere."""
+    missing = []
+    for path in repo_files({".md", ".py", ".toml", ".sh"}):
+        name = path.relative_to(ROOT).as_posix()
+        if path == Path(__file__).resolve():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            for target in MODULE_PATH.findall(line):
+                if "*" not in target and not (ROOT / target).exists():
+                    missing.append(f"{name}:{number}: {target}")
+    assert missing == []
+
+
+def test_the_path_checker_sees_a_stale_module_name() -> None:
+    found = MODULE_PATH.findall("validated by (`upstreams/http1.py`), see docs/reload.md.")
+    assert found == ["upstreams/http1.py", "docs/reload.md"]
+    assert MODULE_PATH.findall("https://example.org/x/gateway/app.py") == []
