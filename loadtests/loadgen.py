@@ -18,7 +18,7 @@ from loadtests.servers import ROOT, pinned
 
 WRK = shutil.which("wrk")
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 _SIZES = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
 
 
@@ -63,13 +63,13 @@ def wrk(
 def parse_wrk(out: str) -> Result:
     def latency(pct: str) -> float:
         found = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
-        return float(found.group(1)) * _UNITS[found.group(2)] if found else float("nan")
+        return float(found.group(1)) * UNITS[found.group(2)] if found else float("nan")
 
     done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m),\s+([\d.]+)([KMGT]?B) read", out)
     if done is None:
         raise RuntimeError(f"cannot read wrk output:\n{out}")
     requests = int(done.group(1))
-    seconds = float(done.group(2)) * _UNITS[done.group(3)] / 1e3
+    seconds = float(done.group(2)) * UNITS[done.group(3)] / 1e3
     read = float(done.group(4)) * _SIZES[done.group(5)]
     errors = 0
     socket_errors = re.search(

@@ -23,6 +23,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from gateway.server.accept_pump import stop_pump
+
 #: Longest wait, after SIGTERM, for keep-alive clients to take their Connection: close.
 LINGER = 2.0
 #: The drain ends once no connection has had a request in progress for this long.
@@ -36,6 +38,7 @@ def stop_accepting(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None
     the reader is removed first so an asyncio loop does not spin on a socket that can no
     longer accept (uvloop's accept is not a reader and ignores this).
     """
+    stop_pump(sock)  # the uvloop accept pump's reader (gateway/server/accept_pump.py)
     with contextlib.suppress(OSError, ValueError, NotImplementedError):
         loop.remove_reader(sock.fileno())
     with contextlib.suppress(OSError):

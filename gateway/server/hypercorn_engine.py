@@ -19,7 +19,13 @@ from typing import Any
 from hypercorn.config import Config, Sockets
 
 from gateway.environment import Environment
-from gateway.server import hypercorn_patches, hypercorn_websocket, private_names, protocol_guard
+from gateway.server import (
+    accept_pump,
+    hypercorn_patches,
+    hypercorn_websocket,
+    private_names,
+    protocol_guard,
+)
 from gateway.server.app_loader import build_app
 from gateway.server.drain import going_away, on_stop_signals, stop_accepting, wait_quiet
 from gateway.server.limits import ServerLimits
@@ -94,4 +100,5 @@ async def _serve(app: Any, config: Config, sockets: Sockets, ready: Event | None
 
     on_stop_signals(loop, on_stop, quart, ready)
 
-    await worker_serve(app, config, sockets=sockets, shutdown_trigger=drained)
+    with accept_pump.serving(loop):  # accept a burst at once (libuv takes one a turn)
+        await worker_serve(app, config, sockets=sockets, shutdown_trigger=drained)

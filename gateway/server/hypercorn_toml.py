@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "keep_alive_timeout": 75.0,
     "keep_alive_max_requests": 1_000_000,
     "graceful_timeout": 30.0,
-    "backlog": 2048,
+    "backlog": 4096,
     "accesslog": None,
     "errorlog": "-",
 }

@@ -34,7 +34,7 @@ import uvicorn
 from hypercorn.config import Config, Sockets
 
 from gateway.environment import Environment
-from gateway.server import private_names
+from gateway.server import accept_pump, private_names
 from gateway.server.app_loader import build_app
 from gateway.server.drain import going_away, on_stop_signals, stop_accepting, wait_quiet
 from gateway.server.limits import ServerLimits
@@ -156,7 +156,8 @@ async def _serve(
 
     tasks = [asyncio.create_task(drained()), asyncio.create_task(sweep())]
     try:
-        await server.serve(sockets=listeners)
+        with accept_pump.serving(loop):  # accept a burst at once (libuv takes one a turn)
+            await server.serve(sockets=listeners)
     finally:
         for task in tasks:
             task.cancel()
