@@ -8,10 +8,12 @@ from pathlib import Path
 
 from gateway.config import ENGINES, ConfigError, GatewayConfig, Problem, load_config
 from gateway.environment import Environment
+from gateway.version import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quartgate", description="An async HTTP API gateway.")
+    parser.add_argument("--version", action="version", version=f"quartgate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway (Hypercorn or uvicorn)")
@@ -33,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     reload = commands.add_parser(
         "reload", help="check a config, then have the running gateway load it again (SIGHUP)"
     )
-    reload.add_argument("-c", "--config", default="gateway.toml", help="the file it serves")
+    reload.add_argument(
+        "-c", "--config", default="gateway.toml", help="the file it serves (checked: exit 2 if not)"
+    )
     target = reload.add_mutually_exclusive_group(required=True)
     target.add_argument("--pid-file", help="the pid file given to quartgate serve")
     target.add_argument("--pid", type=int, help="the pid of quartgate serve")
@@ -53,13 +57,16 @@ def main(argv: list[str] | None = None) -> int:
 
         return reload_command(args.config, args.pid_file, args.pid, environment.variables)
     kinds: dict[str, str] = {}
+    deferred: list[Problem] = []  # a secret CI does not have: a warning, not an error
     try:
-        config = load_config(args.config, environ=environment.variables)
+        config = load_config(args.config, environ=environment.variables, deferred=deferred)
         if args.command == "check":
             kinds = import_apps(config)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
+    for problem in deferred:
+        print(f"warning: {problem}", file=sys.stderr)
     print(route_table(config))
     for name, kind in kinds.items():
         print(f"upstreams.{name}: in-process {kind} app ({config.app_upstreams[name].app})")

@@ -172,7 +172,8 @@ def test_draining_every_target_fails_readiness_and_requests(
 ) -> None:
     admin = Admin()
     spare = dead_port()
-    gateway = make_gateway(admin.section() + ROUTES.format(upstream=upstream.url, spare=spare))
+    text = admin.section("upstreams") + ROUTES.format(upstream=upstream.url, spare=spare)
+    gateway = make_gateway(text)
     # The spare target is down (nothing listens): draining it leaves the good one in turn.
     drained = admin.post(f"/admin/upstreams/main/targets/127.0.0.1:{spare}/drain")
     assert drained.json() == {
@@ -205,7 +206,7 @@ def test_readiness_follows_active_health_checks(make_gateway: Start, tmp_path: P
     admin = Admin()
     with bound_socket() as sock:  # refuses connections until the late upstream listens on it
         port = port_of(sock)
-        text = admin.section() + (
+        text = admin.section("upstreams") + (
             f'[upstreams.main]\ntargets = ["http://127.0.0.1:{port}"]\n'
             "[upstreams.main.health]\n"
             'path = "/ok"\ninterval = 0.2\ntimeout = 1.0\n'
@@ -358,3 +359,24 @@ def test_without_a_token_the_admin_api_is_off(
     off = httpx.post(base + "/admin/reload", headers={"authorization": "Bearer anything"})
     assert off.status_code == 404
     assert off.json()["error"] == "admin_api_disabled"
+
+
+def test_by_default_readiness_is_the_instances_not_its_upstreams(
+    make_gateway: Start, upstream: UpstreamServer
+) -> None:
+    """One backend with every target drained fails its own requests (503), not the whole
+    instance's readiness: a load balancer keeps the gateway for the other routes. Draining
+    the gateway still fails it."""
+    admin = Admin()
+    gateway = make_gateway(
+        admin.section() + ROUTES.format(upstream=upstream.url, spare=dead_port())
+    )
+    for target in admin.get("/admin/upstreams").json()["upstreams"][0]["targets"]:
+        host_port = target["url"].removeprefix("http://")
+        assert admin.post(f"/admin/upstreams/main/targets/{host_port}/drain").status_code == 200
+    assert httpx.get(gateway.url + "/api/x").json()["error"] == "no_healthy_upstream"
+    ready = admin.get("/readyz", token=None)
+    assert (ready.status_code, ready.json()["reasons"]) == (200, [])
+    assert admin.post("/admin/drain").json() == {"draining": True, "ready": False}
+    ready = admin.get("/readyz", token=None)
+    assert (ready.status_code, ready.json()["reasons"]) == (503, ["gateway is draining"])

@@ -172,9 +172,7 @@ def test_an_unknown_engine_is_a_config_error(tmp_path: Path) -> None:
     config.write_text('[server]\nengine = "tornado"\n' + ONE_ROUTE)
     result = run_cli("check", "-c", str(config))
     assert result.returncode == 1
-    assert result.stderr.strip() == (
-        f"{config}: server.engine: must be one of hypercorn, uvicorn"
-    )
+    assert result.stderr.strip() == (f"{config}: server.engine: must be one of hypercorn, uvicorn")
 
 
 def test_serve_says_a_taken_port_in_one_line(tmp_path: Path) -> None:
@@ -234,3 +232,32 @@ def test_an_engine_not_installed_is_named_with_its_extra(monkeypatch: pytest.Mon
         dataclasses.replace(SERVER_ENGINES["uvicorn"], packages=("uvicorn", "nosuch_package")),
     )
     assert supervisor.missing_packages("uvicorn") == ["nosuch_package"]
+
+
+def test_version() -> None:
+    from gateway.version import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"quartgate {__version__}"
+
+
+def test_check_lints_without_the_admin_secret_and_serve_still_refuses(tmp_path: Path) -> None:
+    """CI has the config, not the secret: check validates the shape and warns; serve,
+    which would answer the admin API, refuses to start without it."""
+    config = tmp_path / "gateway.toml"
+    variable = "QUARTGATE_TEST_TOKEN_NOT_SET"
+    config.write_text(f'[admin]\nbind = "127.0.0.1:9"\ntoken_env = "{variable}"\n' + ONE_ROUTE)
+    checked = run_cli("check", "-c", str(config))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stderr.splitlines() == [
+        f"warning: {config}: admin.token_env: environment variable {variable} is empty: "
+        "quartgate serve refuses to start without it"
+    ]
+    assert checked.stdout.splitlines()[-1] == f"{config}: OK (1 route, 1 upstream)"
+    served = run_cli("serve", "-c", str(config), "--bind", "127.0.0.1:0")
+    assert served.returncode == 1
+    assert f"admin.token_env: environment variable {variable} is empty" in served.stderr
+    # A wrong shape is still an error for check.
+    config.write_text(f'[admin]\nbind = "nowhere"\ntoken_env = "{variable}"\n' + ONE_ROUTE)
+    assert run_cli("check", "-c", str(config)).returncode == 1

@@ -202,3 +202,42 @@ async def test_a_reload_says_which_sections_wait_for_a_restart(
     finally:
         await reloader.aclose()
         await app.extensions["quartgate"].state.aclose()
+
+
+async def test_quartgate_reload_of_another_file_is_refused_naming_the_served_one(
+    make_gateway: Callable[..., GatewayProcess],
+    pair: tuple[FaultyUpstream, FaultyUpstream],
+    tmp_path: Path,
+) -> None:
+    """A reload reads the file the gateway was started with again: naming another one is
+    exit 2 with the served file's name, and nothing is signalled."""
+    a, b = pair
+    pid_file = tmp_path / "quartgate.pid"
+    gateway = make_gateway(V1.format(a=a.url), extra_args=("--pid-file", str(pid_file)))
+    await wait_for_log(gateway, "Running on")
+    other = tmp_path / "other.toml"
+    other.write_text(V2.format(b=b.url))
+
+    def reload(config: Path) -> subprocess.CompletedProcess[str]:
+        command = ["reload", "-c", str(config), "--pid-file", str(pid_file)]
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *command],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    refused = reload(other)
+    assert refused.returncode == 2
+    assert f"not the file pid {gateway.pid} serves ({gateway.config.resolve()})" in refused.stderr
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        assert (await client.get("/api/x")).headers["x-served-by"] == "a"
+        assert "config reloaded" not in gateway.logs()
+        gateway.config.write_text(V2.format(b=b.url))
+        done = reload(gateway.config)
+        assert done.returncode == 0, done.stderr
+        assert "only its log says" in done.stdout
+        await wait_for_log(gateway, "config reloaded")
+        assert (await client.get("/api/x")).headers["x-served-by"] == "b"
+    assert gateway.stop() == 0

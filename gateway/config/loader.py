@@ -26,9 +26,16 @@ from gateway.config.schema import DERIVED, DOCUMENT, GROUPS
 _NO_ENVIRONMENT: Mapping[str, str] = types.MappingProxyType({})
 
 
-def load_config(path: str | Path, *, environ: Mapping[str, str] = _NO_ENVIRONMENT) -> GatewayConfig:
+def load_config(
+    path: str | Path,
+    *,
+    environ: Mapping[str, str] = _NO_ENVIRONMENT,
+    deferred: list[Problem] | None = None,
+) -> GatewayConfig:
     """Read and validate a config file; raise :class:`ConfigError` naming every problem.
-    ``environ``: where ``[admin] token_env`` is looked up (the caller's ``os.environ``)."""
+    ``environ``: where ``[admin] token_env`` is looked up (the caller's ``os.environ``).
+    ``deferred``: when given, a secret missing from ``environ`` is no error but a problem
+    appended there (``quartgate check`` in CI); the config then holds an empty secret."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -38,7 +45,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] = _NO_ENVIRONMEN
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([Problem(file, "-", f"invalid TOML: {error}")]) from None
-    config = parse_config(data, file, environ=environ)
+    config = parse_config(data, file, environ=environ, deferred=deferred)
     version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return dataclasses.replace(config, version=version)
 
@@ -48,11 +55,13 @@ def parse_config(
     file: str = "<config>",
     *,
     environ: Mapping[str, str] = _NO_ENVIRONMENT,
+    deferred: list[Problem] | None = None,
 ) -> GatewayConfig:
     """Validate a parsed TOML document; key files are read relative to ``file``'s folder."""
     document = _frozen(dict(data))
     found: list[tuple[Loc, str]] = []
-    context = {"base": Path(file).resolve().parent, "environ": environ}
+    secrets: list[str] | None = [] if deferred is not None else None
+    context = {"base": Path(file).resolve().parent, "environ": environ, "deferred": secrets}
     values: dict[str, Any] = {}
     try:
         values = DOCUMENT.validate_python(document, context=context)
@@ -63,6 +72,8 @@ def parse_config(
         found.append((("routes",), "at least one [[routes]] entry is required"))
     if found:
         raise ConfigError([Problem(file, key_of(loc), reason) for loc, reason in found])
+    if deferred is not None and secrets:
+        deferred += [Problem(file, "admin.token_env", reason) for reason in secrets]
     routes = values["routes"]
     tables = {key: values[key] for key in values if key not in DERIVED}
     groups = {name: cls(**_take(cls, tables)) for name, cls in GROUPS.items()}

@@ -153,10 +153,14 @@ class Observability:
                 log.error("observability sync failed: %s", error)
 
     def readiness(self) -> tuple[bool, list[str]]:
-        """Ready: a config is loaded, every upstream has a usable target, not draining."""
+        """Ready: a config is loaded and not draining; with ``[admin] readiness =
+        "upstreams"``, also every upstream has a usable target."""
         reasons: list[str] = []
         if self.control.draining:
             reasons.append("gateway is draining")
+        admin = self.settings.admin
+        if admin is None or admin.readiness != "upstreams":
+            return not reasons, reasons
         usable = {name: False for name in self.state.upstreams}
         for view in target_views(self.state, self.control):
             usable[view.upstream] = usable[view.upstream] or view.usable

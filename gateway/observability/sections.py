@@ -8,7 +8,7 @@ request; ``[admin]`` is what turns on the admin bind (health, readiness, metrics
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Final
 
 from annotated_types import Gt, Interval
 
@@ -20,6 +20,10 @@ ACCESS_LOG_FORMATS = ("json", "text")
 TRACING_EXPORTERS = ("otlp", "console", "none")
 
 
+#: ``[admin] readiness``.
+READINESS: Final = ("instance", "upstreams")
+
+
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
     """``[admin]``: the private listener for probes, metrics and the admin API."""
@@ -28,6 +32,10 @@ class AdminSettings:
     bind: str = "127.0.0.1:9901"
     #: Bearer token for ``/admin/*``; empty means the admin API is off (probes still work).
     token: str = field(default="", repr=False)
+    #: What ``/readyz`` answers for: ``"instance"`` (this instance can serve: a config is
+    #: loaded and it is not draining, as Kong's and Envoy's readiness mean) or
+    #: ``"upstreams"`` (also every upstream has a healthy, undrained target).
+    readiness: str = "instance"
 
     @property
     def host(self) -> str:

@@ -20,6 +20,7 @@ worker; sockets are made here, by Hypercorn's config, and inherited by spawned w
 
 from __future__ import annotations
 
+import argparse
 import logging
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ import threading
 from collections.abc import Mapping
 from multiprocessing.connection import wait
 from multiprocessing.synchronize import Event
+from pathlib import Path
 from typing import Any
 
 from hypercorn.config import Config, Sockets
@@ -92,13 +94,43 @@ def reload_command(
         except (OSError, ValueError) as error:
             print(f"{pid_file}: cannot read a pid: {error}", file=sys.stderr)
             return 1
+    served = served_config(pid)
+    if served is not None and served != Path(config_path).resolve():
+        print(
+            f"{config_path}: not the file pid {pid} serves ({served}); a reload reads that "
+            f"file again. Edit it, or restart the gateway with -c {config_path}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as error:
         print(f"cannot signal pid {pid}: {error.strerror}", file=sys.stderr)
         return 1
-    print(f"{config_path}: OK; reload signalled to pid {pid} (its log tells the outcome)")
+    print(
+        f"{config_path}: OK; reload signalled to pid {pid}. The file is valid; whether the "
+        "running gateway takes it (in-process app upstreams and the engine need a restart) "
+        "only its log says: 'config reloaded' or 'config reload refused'"
+    )
     return 0
+
+
+def served_config(pid: int) -> Path | None:
+    """The config file the ``quartgate serve`` of ``pid`` was started with, read from its
+    command line (``-c``, else ``gateway.toml``) and working directory; None when that
+    cannot be read (not Linux, another user's process) or ``pid`` is no ``serve``."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+    words = [arg.decode(errors="replace") for arg in argv if arg]
+    if "serve" not in words:
+        return None
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-c", "--config", default="gateway.toml")
+    known, _ = parser.parse_known_args(words[words.index("serve") + 1 :])
+    return (Path(cwd) / str(known.config)).resolve()
 
 
 # ---- a worker ------------------------------------------------------------------------------

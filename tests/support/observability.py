@@ -30,8 +30,10 @@ class Admin:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def section(self) -> str:
-        return f'[admin]\nbind = "127.0.0.1:{self.port}"\ntoken = "{self.token}"\n'
+    def section(self, readiness: str = "") -> str:
+        """The ``[admin]`` table; ``readiness``: its ``readiness`` key, when given."""
+        extra = f'readiness = "{readiness}"\n' if readiness else ""
+        return f'[admin]\nbind = "127.0.0.1:{self.port}"\ntoken = "{self.token}"\n' + extra
 
     def get(self, path: str, *, token: str | None = "", fresh: bool = False) -> httpx.Response:
         return self._call("GET", path, token, fresh)
