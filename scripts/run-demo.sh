@@ -3,18 +3,20 @@
 # of the bundled demo upstream (loadtests/mock_upstream.py on 127.0.0.1:9001).
 # Try: curl localhost:8080/api/json ; curl localhost:8080/hello/you
 # Ctrl-C, or kill -TERM / kill -INT of this script's pid, stops both and waits for them.
-# Other ports: QUARTGATE_DEMO_PORT (gateway), QUARTGATE_DEMO_UPSTREAM_PORT (demo upstream).
+# Other ports: QUARTGATE_DEMO_PORT (gateway), QUARTGATE_DEMO_UPSTREAM_PORT (demo upstream),
+# QUARTGATE_DEMO_ADMIN_PORT (probes and /metrics, 9901).
 # A port already in use stops the script before anything starts (it never picks another).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${QUARTGATE_DEMO_PORT:-8080}
 upstream_port=${QUARTGATE_DEMO_UPSTREAM_PORT:-9001}
+admin_port=${QUARTGATE_DEMO_ADMIN_PORT:-9901}
 
 bash scripts/setup.sh
 
 # Bind-test both ports the way the servers will (SO_REUSEADDR): a listener already there,
 # even one sharing the port with SO_REUSEPORT, makes this fail, and the demo never starts.
-for pair in "$upstream_port:demo upstream" "$port:gateway"; do
+for pair in "$upstream_port:demo upstream" "$port:gateway" "$admin_port:admin"; do
   p=${pair%%:*}
   if ! .venv/bin/python -c '
 import socket, sys
@@ -23,19 +25,20 @@ with socket.socket() as s:
     s.bind(("127.0.0.1", int(sys.argv[1])))' "$p" 2>/dev/null; then
     echo "run-demo: port $p (${pair#*:}) on 127.0.0.1 is already in use: see who holds it" \
       "with ss -ltnp 'sport = :$p', or choose another with" \
-      "QUARTGATE_DEMO_PORT / QUARTGATE_DEMO_UPSTREAM_PORT" >&2
+      "QUARTGATE_DEMO_PORT / QUARTGATE_DEMO_UPSTREAM_PORT / QUARTGATE_DEMO_ADMIN_PORT" >&2
     exit 1
   fi
 done
 
 config=examples/gateway.toml
 tmp=""
-if [ "$upstream_port" != 9001 ]; then
-  # The same example pointed at the other upstream port; hello_app.py, which is imported
-  # from the config's folder, is then found through PYTHONPATH.
+if [ "$upstream_port" != 9001 ] || [ "$admin_port" != 9901 ]; then
+  # The same example pointed at the other ports; hello_app.py, which is imported from the
+  # config's folder, is then found through PYTHONPATH.
   tmp=$(mktemp -d)
   config=$tmp/gateway.toml
-  sed "s/127\.0\.0\.1:9001/127.0.0.1:$upstream_port/" examples/gateway.toml >"$config"
+  sed -e "s/127\.0\.0\.1:9001/127.0.0.1:$upstream_port/" \
+    -e "s/127\.0\.0\.1:9901/127.0.0.1:$admin_port/" examples/gateway.toml >"$config"
   export PYTHONPATH="$PWD/examples${PYTHONPATH:+:$PYTHONPATH}"
 fi
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.support.gateway import ROOT, free_port, wait_for_port
+from tests.support.observability import wait_until
 
 SCRIPT = ROOT / "scripts" / "run-demo.sh"
 
@@ -23,11 +24,12 @@ SCRIPT = ROOT / "scripts" / "run-demo.sh"
 # (a lost race is the script's own "port taken" refusal, which fails the test loudly).
 
 
-def demo_env(port: int, upstream_port: int) -> dict[str, str]:
+def demo_env(port: int, upstream_port: int, admin_port: int = 0) -> dict[str, str]:
     return dict(
         os.environ,
         QUARTGATE_DEMO_PORT=str(port),
         QUARTGATE_DEMO_UPSTREAM_PORT=str(upstream_port),
+        QUARTGATE_DEMO_ADMIN_PORT=str(admin_port or free_port()),
         PYTHONUNBUFFERED="1",
     )
 
@@ -103,14 +105,14 @@ def test_a_taken_port_stops_the_demo_with_one_line(taken: str, reuse_port: bool)
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_script_stops_both_children(tmp_path: Path, sig: signal.Signals) -> None:
-    port, upstream_port = free_port(), free_port()
+    port, upstream_port, admin_port = free_port(), free_port(), free_port()
     log = tmp_path / "demo.log"
     with log.open("wb") as out:
         # A session of its own: the signal goes to the script's pid only, never to a group.
         script = subprocess.Popen(
             ["bash", str(SCRIPT)],
             cwd=ROOT,
-            env=demo_env(port, upstream_port),
+            env=demo_env(port, upstream_port, admin_port),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -124,6 +126,12 @@ def test_a_signal_to_the_script_stops_both_children(tmp_path: Path, sig: signal.
             assert response.status_code == 200, response.text
             assert response.json()["name"] == "quartgate demo"
             assert httpx.get(f"http://127.0.0.1:{port}/hello/you", timeout=30).status_code == 200
+            # The example shows the admin listener and the access log too.
+            admin = f"http://127.0.0.1:{admin_port}"
+            counted = 'quartgate_requests_total{method="GET",route="api",status_class="2xx"}'
+            wait_until(lambda: counted in httpx.get(admin + "/metrics", timeout=30).text)
+            assert httpx.get(admin + "/readyz", timeout=30).status_code == 200
+            wait_until(lambda: '"GET /api/json HTTP/1.1" 200' in log.read_text())
             children = [p for p in live_in_session(script.pid) if int(p.split()[0]) != script.pid]
             assert any("loadtests.mock_upstream" in p for p in children), children
             assert any("quartgate serve" in p for p in children), children
