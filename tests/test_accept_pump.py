@@ -128,3 +128,67 @@ def test_an_asyncio_loop_gets_no_pump() -> None:
         return pumps
 
     assert asyncio.run(main()) == []
+
+
+def test_a_worker_that_does_not_keep_up_leaves_the_burst_to_libuv() -> None:
+    """While the gateway refuses (loop behind, shedding, an adaptive limit refusing), the
+    pump accepts nothing: new connections wait in the kernel, where they cost nothing."""
+
+    async def main() -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        made: list[int] = []
+        Counting.made = made
+        sock = listener()
+        with accept_pump.serving(loop, keeping_up=lambda: False) as pumps:
+            server = await loop.create_server(Counting, sock=sock, backlog=1024)
+            clients = connect_while_held(sock, BURST)
+            seen = []
+            for _ in range(8):
+                await asyncio.sleep(0)
+                seen.append(len(made))
+            accepted = sum(p.accepted for p in pumps)
+            server.close()
+            for client in clients:
+                client.close()
+        return seen, accepted
+
+    seen, accepted = run_uvloop(main)  # type: ignore[misc]
+    assert accepted == 0
+    assert seen[-1] < BURST // 2, seen
+
+
+def test_keeping_up_reads_the_loop_lag_watch_and_the_adaptive_limits() -> None:
+    class Lag:
+        lag = 0.0
+        shedding = False
+
+    class Limiter:
+        refused = 0
+
+    class Upstream:
+        limiter: Limiter | None = Limiter()
+
+    class State:
+        upstreams = {"u": Upstream()}
+
+    class Proxy:
+        loop_lag = Lag()
+        state = State()
+
+    class App:
+        extensions = {"quartgate": Proxy()}
+
+    check = accept_pump.keeping_up(App())
+    assert check()
+    Proxy.loop_lag.lag = accept_pump.BEHIND
+    assert not check()
+    Proxy.loop_lag.lag = 0.0
+    Proxy.loop_lag.shedding = True
+    assert not check()
+    Proxy.loop_lag.shedding = False
+    assert check()
+    limiter = State.upstreams["u"].limiter
+    assert limiter is not None
+    limiter.refused += 1  # a refusal now: not keeping up for the next CALM seconds
+    assert not check()
+    assert accept_pump.keeping_up(object())()  # no gateway app: always

@@ -15,6 +15,18 @@ server would have done. libuv's one accept an iteration stays, and simply finds 
 empty. The engines install it around their server's start (:func:`serving`); a drain stops
 it with the listening socket (gateway/server/drain.py).
 
+Only while the worker keeps up (:func:`keeping_up`): its loop-lag watch under
+:data:`BEHIND`, not shedding, and no adaptive limit refusing. Under a load past what the
+worker or an upstream can take (open-loop offered load, loadtests/overload.py), accepting
+everything moved the excess from the kernel's queue, where it costs nothing, into the
+worker, where it costs CPU and loop time; the adaptive limiter then read the loop's
+lateness as upstream latency and cut its limit: goodput at 5x a backend's capacity fell
+from about 190 to about 50 requests a second, with the pump gated on loop lag alone too.
+So the pump is Envoy's overload-manager rule turned around: it accepts eagerly only while
+nothing is being refused. A burst on a worker that keeps up (thousands of clients
+connecting at once, each then closed-loop) is accepted at once; connections that come while
+the gateway refuses get libuv's one a turn, its own backpressure.
+
 Nothing here reads the request or changes a connection: a pumped connection is the
 server's, with its protocol, its transport and its bookkeeping.
 """
@@ -27,6 +39,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,6 +51,11 @@ _PAUSE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 _PAUSE = 1.0
 #: A client that gave up between connect and accept: nothing to do, go on.
 _GONE_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO})
+
+#: Seconds of loop lag (gateway/ops/loop_lag.py) past which the pumps stop accepting.
+BEHIND = 0.1
+#: Seconds without a refusal from an adaptive limit before the pumps accept again.
+CALM = 1.0
 
 #: The running pumps, by the descriptor of the listening socket they accept for.
 _pumps: dict[int, AcceptPump] = {}
@@ -53,12 +71,14 @@ class AcceptPump:
         factory: Callable[[], asyncio.BaseProtocol],
         backlog: int,
         tls: dict[str, Any],
+        keeping_up: Callable[[], bool] = lambda: True,
     ) -> None:
         self._loop = loop
         self._listener_fd = listener.fileno()
         self._factory = factory
         self._backlog = max(1, backlog)
         self._tls = tls
+        self._keeping_up = keeping_up
         self._sock: socket.socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Connections this pump accepted (what the test and a curious operator read).
@@ -81,8 +101,8 @@ class AcceptPump:
 
     def _accept(self) -> None:
         sock = self._sock
-        if sock is None:
-            return
+        if sock is None or not self._keeping_up():
+            return  # behind: new connections wait in the kernel, which costs the worker nothing
         for _ in range(self._backlog):
             try:
                 conn, _ = sock.accept()
@@ -121,10 +141,13 @@ def is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 @contextlib.contextmanager
-def serving(loop: asyncio.AbstractEventLoop) -> Iterator[list[AcceptPump]]:
+def serving(
+    loop: asyncio.AbstractEventLoop, keeping_up: Callable[[], bool] = lambda: True
+) -> Iterator[list[AcceptPump]]:
     """While inside, every ``create_server(..., sock=...)`` on ``loop`` also starts a pump
     for that socket (a uvloop loop only: asyncio's accepts in a loop already). The pumps
-    are stopped on the way out."""
+    are stopped on the way out. ``keeping_up``: whether the worker keeps up with its
+    loop; while it does not, the pumps accept nothing and libuv's one a turn is all."""
     pumps: list[AcceptPump] = []
     if not is_uvloop(loop):
         yield pumps
@@ -140,7 +163,8 @@ def serving(loop: asyncio.AbstractEventLoop) -> Iterator[list[AcceptPump]]:
                 for key in ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")
                 if kwargs.get(key) is not None
             }
-            pump = AcceptPump(loop, listener, factory, kwargs.get("backlog") or 100, tls)
+            backlog = kwargs.get("backlog") or 100
+            pump = AcceptPump(loop, listener, factory, backlog, tls, keeping_up)
             pump.start()
             pumps.append(pump)
         return server
@@ -152,6 +176,32 @@ def serving(loop: asyncio.AbstractEventLoop) -> Iterator[list[AcceptPump]]:
         del loop.create_server  # the instance attribute: the class's method again
         for pump in pumps:
             pump.stop()
+
+
+def keeping_up(app: Any) -> Callable[[], bool]:
+    """Whether the gateway app's worker keeps up: its loop-lag watch under :data:`BEHIND`,
+    not shedding, and no adaptive limit refused a request for :data:`CALM` seconds (what
+    :func:`serving` reads; no gateway app: always)."""
+    proxy = getattr(app, "extensions", {}).get("quartgate")
+    lag = getattr(proxy, "loop_lag", None)
+    if proxy is None or lag is None:
+        return lambda: True
+    last = [0, -CALM]  # refusals seen, and when that count last grew
+
+    def check() -> bool:
+        if lag.shedding or lag.lag >= BEHIND:
+            return False
+        refused = 0
+        for upstream in proxy.state.upstreams.values():
+            limiter = upstream.limiter
+            if limiter is not None:
+                refused += limiter.refused
+        now = time.monotonic()
+        if refused != last[0]:
+            last[0], last[1] = refused, now
+        return now - last[1] >= CALM
+
+    return check
 
 
 def stop_pump(listener: socket.socket) -> None:

@@ -100,5 +100,6 @@ async def _serve(app: Any, config: Config, sockets: Sockets, ready: Event | None
 
     on_stop_signals(loop, on_stop, quart, ready)
 
-    with accept_pump.serving(loop):  # accept a burst at once (libuv takes one a turn)
+    # Accept a burst at once while the worker keeps up (libuv takes one a turn).
+    with accept_pump.serving(loop, accept_pump.keeping_up(quart)):
         await worker_serve(app, config, sockets=sockets, shutdown_trigger=drained)

@@ -156,7 +156,8 @@ async def _serve(
 
     tasks = [asyncio.create_task(drained()), asyncio.create_task(sweep())]
     try:
-        with accept_pump.serving(loop):  # accept a burst at once (libuv takes one a turn)
+        # Accept a burst at once while the worker keeps up (libuv takes one a turn).
+        with accept_pump.serving(loop, accept_pump.keeping_up(app)):
             await server.serve(sockets=listeners)
     finally:
         for task in tasks:
