@@ -121,7 +121,11 @@ def route_table(config: GatewayConfig) -> str:
                 spec.path,
                 ",".join(sorted(spec.methods)) if spec.methods else "*",
                 where,
-                "strip_prefix" if spec.strip_prefix else "-",
+                "strip_prefix"
+                if spec.strip_prefix
+                else f"prefix_rewrite {spec.prefix_rewrite}"
+                if spec.prefix_rewrite is not None
+                else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -32,7 +32,8 @@ class RouteRuntime:
 
     route: Route
     upstream: Upstream | None
-    strip_prefix: bool
+    #: strip_prefix or prefix_rewrite: the route rewrites the path it forwards.
+    rewrites: bool
     preserve_host: bool
     mount: str = ""
     #: The route's pipeline, in order; empty for most routes, so the hot path skips it.
@@ -122,7 +123,7 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
         runtimes[route.name] = RouteRuntime(
             route,
             upstream,
-            spec.strip_prefix,
+            spec.rewrites,
             spec.preserve_host,
             mount,
             build_policies(spec.name, policies, resources),

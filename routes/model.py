@@ -41,6 +41,14 @@ class RouteSpec:
     host: str | None = None
     strip_prefix: bool = False
     preserve_host: bool = False
+    #: The matched prefix is replaced by this path upstream (Envoy's ``prefix_rewrite``):
+    #: ``/v1/users`` sends ``/api/users/7`` on route ``/api/users`` as ``/v1/users/7``.
+    prefix_rewrite: str | None = None
+
+    @property
+    def rewrites(self) -> bool:
+        """The path sent upstream differs from the request's (strip or replace)."""
+        return self.strip_prefix or self.prefix_rewrite is not None
 
 
 def validate_path(path: str) -> str | None:
@@ -67,6 +75,7 @@ class Route:
     __slots__ = (
         "_literal",
         "_literal_slash",
+        "_prefix",
         "_regex",
         "host",
         "host_suffix",
@@ -81,6 +90,9 @@ class Route:
     def __init__(self, spec: RouteSpec, order: int) -> None:
         self.spec = spec
         self.name = spec.name
+        #: What replaces the matched prefix: ``prefix_rewrite`` (no trailing "/"), or
+        #: nothing (``strip_prefix``).
+        self._prefix = (spec.prefix_rewrite or "").rstrip("/").encode("utf-8")
         self.methods = spec.methods
         path = spec.path.rstrip("/") or "/"
         host = spec.host.lower() if spec.host else None
@@ -127,13 +139,17 @@ class Route:
         return found.groupdict() if found else None
 
     def rewrite(self, raw_path: bytes) -> bytes:
-        """The raw path with this route's prefix removed (``strip_prefix``)."""
+        """The raw path with this route's prefix removed (``strip_prefix``) or replaced by
+        ``prefix_rewrite``; the rest of the path, percent-encoding and all, as sent."""
         index = 0
+        rest = b""
         for _ in range(self.segments):
             index = raw_path.find(b"/", index + 1)
             if index < 0:
-                return b"/"
-        return raw_path[index:] or b"/"
+                break
+        else:
+            rest = raw_path[index:]
+        return self._prefix + rest or b"/"
 
 
 _NO_PARAMS: dict[str, str] = {}

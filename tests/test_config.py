@@ -57,7 +57,10 @@ def test_unknown_keys_are_errors_with_full_key_path(tmp_path: Path) -> None:
     text = GOOD.replace("http2 = false", "http2 = false\nkeepalive_expiri = 3") + "\n[bogus]\n"
     found = problems_of(text, tmp_path)
     file = str(tmp_path / "bad.toml")
-    assert f"{file}: upstreams.users.keepalive_expiri: unknown key" in found
+    assert (
+        f"{file}: upstreams.users.keepalive_expiri: unknown key (did you mean 'keepalive_expiry'?)"
+        in found
+    )
     assert f"{file}: bogus: unknown key" in found
 
 
@@ -221,7 +224,7 @@ def test_adaptive_concurrency_is_a_table_with_defaults_and_checked_bounds(tmp_pa
     where = f"{tmp_path / 'bad.toml'}: upstreams.users.adaptive_concurrency"
     assert problems_of(bad, tmp_path) == [
         f"{where}.queue_timeout: must be greater than 0",
-        f"{where}.windw: unknown key",
+        f"{where}.windw: unknown key (did you mean 'window'?)",
     ]
     bounds = on.replace("adaptive_concurrency]\n", "adaptive_concurrency]\ninitial_limit = 5000\n")
     assert problems_of(bounds, tmp_path) == [

@@ -226,3 +226,45 @@ def test_route_policies_are_typed_and_kept_by_route_name() -> None:
     cors = config.policies_of(first).cors
     assert cors is not None and cors.route_options is False  # OPTIONS only for preflights
     assert config.policies_of(plain) == type(config.policies_of(plain))()
+
+
+def test_prefix_rewrite_is_a_plain_path_not_with_strip_prefix_and_not_for_apps() -> None:
+    def routes(*entries: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "upstreams": {"u": {"targets": ["http://127.0.0.1:9"]}, "a": {"app": "x:y"}},
+            "routes": list(entries),
+        }
+
+    ok = parse_config(routes({"path": "/api", "upstream": "u", "prefix_rewrite": "/v1"}))
+    assert ok.routes[0].prefix_rewrite == "/v1" and ok.routes[0].rewrites
+    assert problems(
+        routes(
+            {"path": "/a", "upstream": "u", "prefix_rewrite": "v1"},
+            {"path": "/b", "upstream": "u", "prefix_rewrite": "/v1/{id}"},
+            {"path": "/c", "upstream": "u", "prefix_rewrite": "/v1", "strip_prefix": True},
+            {"path": "/d", "upstream": "a", "prefix_rewrite": "/v1"},
+        )
+    ) == [
+        "gw.toml: routes[0].prefix_rewrite: must start with '/'",
+        "gw.toml: routes[1].prefix_rewrite: must be a plain path, without {parameters}",
+        "gw.toml: routes[2].prefix_rewrite: give strip_prefix or prefix_rewrite, not both "
+        "(strip_prefix is a rewrite to /)",
+        "gw.toml: routes[3].prefix_rewrite: is for HTTP upstreams; an in-process app is "
+        "mounted (use strip_prefix)",
+    ]
+
+
+def test_an_unknown_key_names_the_known_key_it_resembles() -> None:
+    found = problems(
+        {
+            "gateway": {"trusted_proxy": ["127.0.0.1"]},
+            "upstreams": {"u": {"targets": ["http://127.0.0.1:9"], "keepalive_expiri": 1}},
+            "routes": [{"path": "/", "upstream": "u", "strip_prefx": True, "colour": "red"}],
+        }
+    )
+    assert found == [
+        "gw.toml: gateway.trusted_proxy: unknown key (did you mean 'trusted_proxies'?)",
+        "gw.toml: upstreams.u.keepalive_expiri: unknown key (did you mean 'keepalive_expiry'?)",
+        "gw.toml: routes[0].strip_prefx: unknown key (did you mean 'strip_prefix'?)",
+        "gw.toml: routes[0].colour: unknown key",  # nothing like it: no guess
+    ]

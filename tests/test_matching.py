@@ -112,6 +112,25 @@ def test_rewrite_strips_prefix_segments(path: str, raw: bytes, expected: bytes) 
 
 
 @pytest.mark.parametrize(
+    ("path", "rewrite", "raw", "expected"),
+    [
+        ("/api/users", "/v1/users", b"/api/users/7", b"/v1/users/7"),
+        ("/api/users", "/v1/users/", b"/api/users/7", b"/v1/users/7"),
+        ("/api/users", "/v1/users", b"/api/users", b"/v1/users"),
+        ("/api/users", "/v1/users", b"/api/users/", b"/v1/users/"),
+        ("/api/users", "/", b"/api/users/7", b"/7"),  # what strip_prefix does
+        ("/api", "/v2", b"/api/a%2Fb", b"/v2/a%2Fb"),
+        ("/items/{id}", "/parts", b"/items/42/x", b"/parts/x"),
+        ("/", "/base", b"/a/b", b"/base/a/b"),
+    ],
+)
+def test_prefix_rewrite_replaces_the_prefix_segments(
+    path: str, rewrite: str, raw: bytes, expected: bytes
+) -> None:
+    assert Route(spec("r", path, prefix_rewrite=rewrite), 0).rewrite(raw) == expected
+
+
+@pytest.mark.parametrize(
     ("path", "problem"),
     [
         ("api", "must start with '/'"),

@@ -107,7 +107,7 @@ def test_route_without_policies_has_an_empty_pipeline() -> None:
         ),
         (
             '[[routes]]\npath = "/"\nupstream = "main"\n[routes.cors]\nallow_origin = ["*"]\n',
-            "gw.toml: routes[0].cors.allow_origin: unknown key",
+            "gw.toml: routes[0].cors.allow_origin: unknown key (did you mean 'allow_origins'?)",
         ),
         (
             '[jwt_providers.p]\nkeys = [{ algorithm = "HS256", secret = "short" }]\n'

@@ -42,6 +42,12 @@ name = "hello"
 path = "/hello"
 upstream = "hello"
 strip_prefix = true
+
+[[routes]]
+name = "rewritten"
+path = "/v0/people"
+upstream = "main"
+prefix_rewrite = "/v1/users"
 """
 )
 
@@ -83,6 +89,16 @@ async def test_longest_literal_prefix_wins_and_strips(client: httpx.AsyncClient)
     assert seen["target"] == "/7?x=1"
     seen = upstream_saw(await client.get("/api/orders/7"))
     assert seen["target"] == "/api/orders/7"  # the shorter /api route, no strip
+
+
+async def test_prefix_rewrite_replaces_the_prefix_and_keeps_the_rest_as_sent(
+    client: httpx.AsyncClient,
+) -> None:
+    assert upstream_saw(await client.get("/v0/people/7?x=1"))["target"] == "/v1/users/7?x=1"
+    assert upstream_saw(await client.get("/v0/people"))["target"] == "/v1/users"
+    assert upstream_saw(await client.get("/v0/people/"))["target"] == "/v1/users/"
+    seen = upstream_saw(await client.get("/v0/people/a%2Fb/c%20d"))
+    assert seen["target"] == "/v1/users/a%2Fb/c%20d"  # percent-encoding passes as sent
 
 
 async def test_prefix_matches_on_segment_boundaries_only(client: httpx.AsyncClient) -> None:

@@ -384,3 +384,23 @@ async def test_least_outstanding_avoids_a_target_busy_with_a_slow_request(
         # a has a request in flight, b has none: round robin would alternate, this does not.
         assert set(await served_by(client, 8)) == {"b"}
         assert all(r.status_code == 200 for r in await asyncio.gather(*slow))
+
+
+async def test_a_retry_line_carries_the_request_id(
+    make_gateway: Start, faulty: Callable[[str], FaultyUpstream]
+) -> None:
+    a, b = faulty("a"), faulty("b")
+    gateway = make_gateway(config(a, b, route='[routes.retry]\nretry_on = ["503"]\n'))
+    a.mode = "status"
+    a.status = 503
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        ids = [f"retry-line-{n}" for n in range(2)]  # round robin: one of them tries a first
+        for request_id in ids:
+            answer = await client.get("/api/x", headers={"x-request-id": request_id})
+            assert answer.status_code == 200
+    lines = wait_for(
+        lambda: [line for line in gateway.logs().splitlines() if "; retry 1 of" in line],
+        what="the retry line",
+    )
+    assert len(lines) == 1
+    assert any(f"[{request_id}] upstream 'api': status 503 from" in lines[0] for request_id in ids)

@@ -161,6 +161,23 @@ async def test_sessions_are_in_the_metrics_and_the_access_log(
     assert (record["bytes_in"], record["bytes_out"]) == (7, 7)
     assert record["error"] == "ws_close:4000:4000:client"
 
+    # A session that ends as sessions do (1000 both ways) is no error in the access log.
+    async with client(url, additional_headers={"x-request-id": "observed-2"}) as ws:
+        await ws.send("x")
+        assert await ws.recv() == "x"
+        await ws.close(1000, "")
+    assert (await upstream.next_close("/ws/observed/echo"))[0] == 1000
+
+    def logged_normal() -> dict[str, object] | None:
+        for line in log_path.read_text().splitlines():
+            record = json.loads(line)
+            if record["request_id"] == "observed-2":
+                return dict(record)
+        return None
+
+    normal = await asyncio.to_thread(wait_until, logged_normal, 10, "the second session's line")
+    assert normal["status"] == 101 and not normal["error"]
+
 
 async def test_open_sessions_count_for_the_least_outstanding_balancer(
     make_gateway: Callable[..., GatewayProcess], upstream: WebSocketUpstream

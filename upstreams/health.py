@@ -104,7 +104,7 @@ class HealthChecker:
             if not target.healthy and streak >= spec.healthy_threshold:
                 target.healthy = True
                 target.refresh()
-                log.warning("target %s is healthy again (%d checks passed)", target.name, streak)
+                log.info("target %s is healthy again (%d checks passed)", target.name, streak)
         else:
             target.health_checks_failed += 1
             streak = streak - 1 if streak < 0 else -1

@@ -33,6 +33,8 @@ class UpstreamRequest:
     policy: RetryPolicy | None = None
     #: The client address, for balancers that hash on it.
     client: str = ""
+    #: The gateway's id of the request, for the log lines the upstream side writes.
+    request_id: str = ""
 
 
 @dataclass(slots=True)

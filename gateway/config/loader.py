@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.config.model import GatewayConfig
-from gateway.config.problems import ConfigError, Loc, Problem, key_of, reasons
+from gateway.config.problems import SUGGESTIONS, ConfigError, Loc, Problem, key_of, reasons
 from gateway.config.references import check_references
 from gateway.config.schema import DERIVED, DOCUMENT, GROUPS
 
@@ -63,10 +63,13 @@ def parse_config(
     secrets: list[str] | None = [] if deferred is not None else None
     context = {"base": Path(file).resolve().parent, "environ": environ, "deferred": secrets}
     values: dict[str, Any] = {}
+    token = SUGGESTIONS.set({})
     try:
         values = DOCUMENT.validate_python(document, context=context)
     except ValidationError as error:
         found += reasons(error)
+    finally:
+        SUGGESTIONS.reset(token)
     found += check_references(document)
     if not found and not values["routes"]:
         found.append((("routes",), "at least one [[routes]] entry is required"))

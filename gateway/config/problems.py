@@ -9,7 +9,9 @@ declare raises :class:`Invalid`, which may name several reasons at keys below it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +63,25 @@ def key_of(loc: Loc) -> str:
     return out or "-"
 
 
+#: Unknown key -> the known key of its table it most resembles, as the tables being
+#: validated saw them (gateway.config.tables); empty outside a validation.
+_NONE: dict[str, str] = {}
+SUGGESTIONS: ContextVar[dict[str, str]] = ContextVar("quartgate_config_suggestions", default=_NONE)
+
+
+def suggest(keys: dict[str, Any] | Any, known: Iterable[str]) -> None:
+    """Note, for each key of ``keys`` no table field has, the field it most resembles."""
+    suggestions = SUGGESTIONS.get()
+    if not isinstance(keys, dict) or suggestions is _NONE:
+        return
+    names = list(known)
+    for key in keys:
+        if isinstance(key, str) and key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
+            if close:
+                suggestions[key] = close[0]
+
+
 def reasons(error: ValidationError, prefix: Loc = ()) -> list[tuple[Loc, str]]:
     """Every problem pydantic found, in order, as (location, reason)."""
     return [found for item in error.errors(include_url=False) for found in _reasons(item, prefix)]
@@ -75,6 +96,9 @@ def _reasons(item: Any, prefix: Loc) -> Iterator[tuple[Loc, str]]:
             yield loc + below, reason
     elif kind in _EXPECTED:
         yield loc, f"must be {_EXPECTED[kind]}, not {kind_of(item['input'])}"
+    elif kind == "extra_forbidden":
+        known = SUGGESTIONS.get().get(str(loc[-1])) if loc else None
+        yield loc, f"unknown key (did you mean {known!r}?)" if known else "unknown key"
     elif kind in _REASONS:
         yield loc, _REASONS[kind]
     else:  # not expected: pydantic's own words are better than none

@@ -25,6 +25,7 @@ def check_references(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         return []
     tables = _table(data.get("upstreams")).items()
     upstreams = {name for name, entry in tables if isinstance(entry, dict)}
+    apps = {name for name, entry in tables if isinstance(entry, dict) and "app" in entry}
     consumers = _table(data.get("consumers"))
     providers = _table(data.get("jwt_providers"))
     found: list[tuple[Loc, str]] = []
@@ -37,6 +38,9 @@ def check_references(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         upstream = entry.get("upstream")
         if isinstance(upstream, str) and upstream and upstream not in upstreams:
             found.append(((*at, "upstream"), f"names unknown upstream {upstream!r}"))
+        elif upstream in apps and "prefix_rewrite" in entry:
+            reason = "is for HTTP upstreams; an in-process app is mounted (use strip_prefix)"
+            found.append(((*at, "prefix_rewrite"), reason))
         name = _text(entry, "name") or f"route{index}"
         if name in names:
             found.append(((*at, "name"), f"duplicate route name (also routes[{names[name]}])"))

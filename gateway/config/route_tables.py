@@ -45,6 +45,18 @@ def _route_methods(raw: tuple[Any, ...]) -> tuple[str, ...]:
     return methods
 
 
+def _rewrite(value: str | None) -> str | None:
+    """``prefix_rewrite``: a plain path (no template, query or fragment)."""
+    if value is None:
+        return None
+    reason = validate_path(value)
+    if reason is None and path_params(value):
+        reason = "must be a plain path, without {parameters}"
+    if reason is not None:
+        raise Invalid.at(reason)
+    return value
+
+
 def _each(raw: tuple[Any, ...], test: Any, reason: str) -> None:
     bad = [((index,), reason) for index, item in enumerate(raw) if not test(item)]
     if bad:
@@ -252,7 +264,7 @@ ROUTE = keys_table(
                 "methods": (Annotated[tuple[Any, ...], AfterValidator(_route_methods)], ()),
                 "host": (str, ""),
             },
-            checks={"path": reason_of(validate_path)},
+            checks={"path": reason_of(validate_path), "prefix_rewrite": _rewrite},
         ),
         # after "path": the header rules read its parameters
         **fields_of(
@@ -272,6 +284,9 @@ _ROUTE: TypeAdapter[Any] = TypeAdapter(ROUTE)
 
 
 def route(index: int, values: dict[str, Any]) -> tuple[RouteSpec, RoutePolicies]:
+    if values["strip_prefix"] and values["prefix_rewrite"] is not None:
+        reason = "give strip_prefix or prefix_rewrite, not both (strip_prefix is a rewrite to /)"
+        raise Invalid.at(reason, "prefix_rewrite")
     policies = RoutePolicies(**_fields(RoutePolicies, values))
     methods = methods_of(values["methods"], policies.cors is not None)
     if policies.cors is not None and methods is not None:  # does the route serve OPTIONS?
@@ -305,6 +320,8 @@ def routes(raw: Any) -> tuple[tuple[RouteSpec, RoutePolicies], ...]:
             out.append(route(index, _ROUTE.validate_python(entry)))
         except ValidationError as error:
             found += reasons(error, (index,))
+        except Invalid as error:  # across a route's keys (route() above)
+            found += [((index, *loc), reason) for loc, reason in error.found]
     if found:
         raise Invalid(*found)
     return tuple(out)

@@ -22,9 +22,10 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import annotated_types
-from pydantic import AfterValidator, ConfigDict, create_model
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, create_model
 
 from gateway.config.checks import Bound, Check, bounded, required, required_default
+from gateway.config.problems import suggest
 
 #: Every table: strict types, unknown keys are errors. Arrays arrive as tuples
 #: (gateway.config.loader freezes the document), so tuple fields need no lax mode.
@@ -100,11 +101,16 @@ def keys_table(
     ``build(values)``, by default the dict of values."""
     fields: dict[str, Any] = dict(definitions)
     model: Any = create_model(name, __config__=STRICT, **fields)
+    known = tuple(fields)
+
+    def note_typos(value: Any) -> Any:
+        suggest(value, known)  # "did you mean" for an unknown key (problems.py)
+        return value
 
     def finish(validated: Any) -> Any:
         return build(dict(validated.__dict__))  # not dict(validated): a key may be "keys"
 
-    return Annotated[model, AfterValidator(finish)]
+    return Annotated[model, BeforeValidator(note_typos), AfterValidator(finish)]
 
 
 def annotated(base: Any, *metadata: Any) -> Any:

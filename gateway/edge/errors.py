@@ -111,6 +111,10 @@ def _upstream_status(error: UpstreamError) -> tuple[int, str, bytes | None]:
 
 
 def error_body(code: str, detail: str, request_id: str) -> bytes:
+    """The JSON error body. A refusal the server writes before the app (a head that timed
+    out, one the parser refused) has no request id: the key is left out, not empty."""
+    if not request_id:
+        return json.dumps({"error": code, "detail": detail}).encode()
     return json.dumps({"error": code, "detail": detail, "request_id": request_id}).encode()
 
 

@@ -190,6 +190,7 @@ class AdminApp:
                     "methods": sorted(spec.methods) if spec.methods else None,
                     "upstream": spec.upstream,
                     "strip_prefix": spec.strip_prefix,
+                    "prefix_rewrite": spec.prefix_rewrite,
                     "preserve_host": spec.preserve_host,
                 }
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Mapping
@@ -146,7 +147,11 @@ class HotReload:
         except ConfigError as error:
             if count and metrics is not None:
                 metrics.config_reloads.labels("failure").inc()
-            log.error("config reload refused, the running config stays:\n%s", error)
+            log.error(
+                "config reload refused, the running config stays (pid %d): %s",
+                os.getpid(),
+                "; ".join(str(p) for p in error.problems),
+            )
             raise
         self.loaded_at = time.time()
         if metrics is not None:
@@ -154,11 +159,12 @@ class HotReload:
                 metrics.config_reloads.labels("success").inc()
             metrics.config_loaded(config.version, config.source, self.loaded_at)
         log.info(
-            "config reloaded: %s (version %s): %d routes, %d upstreams",
+            "config reloaded: %s (version %s): %d routes, %d upstreams (pid %d)",
             config.source,
             config.version,
             len(config.routes),
             len(config.upstreams) + len(config.app_upstreams),
+            os.getpid(),
         )
         return config
 

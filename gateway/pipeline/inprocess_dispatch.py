@@ -75,7 +75,7 @@ class InProcessDispatch:
         if app is None or app.asgi is None:  # a blueprint, mounted in the Quart app
             path = scope["path"]
             raw_path = scope["raw_path"]
-            if runtime.strip_prefix:
+            if runtime.rewrites:
                 raw_path = runtime.route.rewrite(raw_path)
                 path = runtime.route.rewrite(path.encode("utf-8")).decode("utf-8")
             mount = runtime.mount
@@ -83,7 +83,7 @@ class InProcessDispatch:
             inner["raw_path"] = mount.encode("ascii") + raw_path
             call = self._apps.app
         else:
-            if runtime.strip_prefix:
+            if runtime.rewrites:
                 prefix = mount_point(scope["path"], runtime.route.segments)
                 inner["root_path"] = scope.get("root_path", "") + prefix
             lifespan = self._apps.lifespans.states.get(name)

@@ -66,7 +66,7 @@ class UpstreamDispatch:
         if ctx.traceparent is not None:
             headers.append((b"traceparent", ctx.traceparent))
         raw_path = scope["raw_path"]
-        target = runtime.route.rewrite(raw_path) if runtime.strip_prefix else raw_path
+        target = runtime.route.rewrite(raw_path) if runtime.rewrites else raw_path
         query = scope["query_string"]
         if query:
             target = target + b"?" + query
@@ -111,6 +111,7 @@ class UpstreamDispatch:
             host if runtime.preserve_host else None,
             policy=runtime.retry,
             client=ctx.client_ip,
+            request_id=ctx.request_id.decode("ascii"),
         )
         # -- exchange ----------------------------------------------------------------------
         loop = asyncio.get_running_loop()

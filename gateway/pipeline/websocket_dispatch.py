@@ -39,6 +39,11 @@ HANDSHAKE_DROP: Final = FORWARD_DROP | {
 }
 
 
+#: Close codes of a session that ended as sessions do (RFC 6455 7.4.1: normal closure,
+#: going away): no ``error`` in the access log for those.
+_NORMAL = frozenset({1000, 1001})
+
+
 class WebSocketDispatch:
     """The dispatch stage of handshakes to network upstreams, built once per snapshot."""
 
@@ -79,7 +84,8 @@ class WebSocketDispatch:
         try:
             self._observers.session_opened(session)
             close = await session.run()
-            ctx.error = f"ws_close:{close.client_code}:{close.upstream_code}:{close.by}"
+            if not (close.client_code in _NORMAL and close.upstream_code in _NORMAL):
+                ctx.error = f"ws_close:{close.client_code}:{close.upstream_code}:{close.by}"
         finally:
             sessions.discard(session)
             if session.target is not None:
@@ -118,7 +124,7 @@ class WebSocketDispatch:
         if ctx.traceparent is not None:
             headers.append((b"traceparent", ctx.traceparent))
         raw_path = scope["raw_path"]
-        path = runtime.route.rewrite(raw_path) if runtime.strip_prefix else raw_path
+        path = runtime.route.rewrite(raw_path) if runtime.rewrites else raw_path
         if scope["query_string"]:
             path = path + b"?" + scope["query_string"]
         ctx.upstream = connector.upstream.name

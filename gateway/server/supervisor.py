@@ -259,8 +259,8 @@ class _Supervisor:
                 raise ConfigError(problems)
         except ConfigError as error:
             log.error(
-                "config reload refused, the workers keep the running config:\n%s",
-                "\n".join(str(p) for p in error.problems),
+                "config reload refused, the workers keep the running config: %s",
+                "; ".join(str(p) for p in error.problems),
             )
             self._count("failure")
             return

@@ -114,7 +114,7 @@ class Retrying:
                     and replayable
                     and why in retry.conditions
                     and (why == "connect_error" or request.method in retry.methods)
-                ) or not await self._before_retry(retry, attempt, deadline, why, target):
+                ) or not await self._before_retry(request, retry, attempt, deadline, why, target):
                     error.retries = attempt - 1
                     raise
                 tried = [*tried, target]
@@ -127,7 +127,7 @@ class Retrying:
                 and replayable
                 and request.method in retry.methods
                 and await self._before_retry(
-                    retry, attempt, deadline, f"status {status}", target, response
+                    request, retry, attempt, deadline, f"status {status}", target, response
                 )
             ):
                 tried = [*tried, target]
@@ -138,6 +138,7 @@ class Retrying:
 
     async def _before_retry(
         self,
+        request: UpstreamRequest,
         retry: RetryPolicy,
         attempt: int,
         deadline: float,
@@ -153,7 +154,12 @@ class Retrying:
         if deadline and now + delay >= deadline:
             return False
         if retry.budget is not None and not retry.budget.try_retry(now):
-            log.info("upstream %r: retry budget spent; not retrying after %s", self._name, why)
+            log.info(
+                "upstream %r: retry budget spent; not retrying after %s",
+                self._name,
+                why,
+                extra={"request_id": request.request_id or "-"},
+            )
             return False
         if response is not None:
             await response.aclose()  # an unread body: the connection is not reused
@@ -164,6 +170,7 @@ class Retrying:
             target.url,
             attempt,
             spec.attempts - 1,
+            extra={"request_id": request.request_id or "-"},
         )
         if delay:
             await asyncio.sleep(delay)
