@@ -9,6 +9,8 @@ from pathlib import Path
 from gateway.config import ENGINES, ConfigError, GatewayConfig, Problem, load_config
 from gateway.environment import Environment
 from gateway.version import __version__
+from routes.model import RouteSpec
+from upstreams.spec import TargetSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,12 +107,12 @@ def import_apps(config: GatewayConfig) -> dict[str, str]:
 def route_table(config: GatewayConfig) -> str:
     from routes.model import RouteTable
 
-    rows = [("ROUTE", "HOST", "PATH", "METHODS", "UPSTREAM", "REWRITE")]
+    rows = [("ROUTE", "HOST", "PATH", "METHODS", "UPSTREAM", "REWRITE", "POLICIES")]
     for route in RouteTable(config.routes).routes:  # in match precedence order
         spec = route.spec
         targets = config.upstreams.get(spec.upstream)
         where = (
-            f"{spec.upstream} ({', '.join(t.url for t in targets.targets)})"
+            f"{spec.upstream} ({', '.join(_target(t) for t in targets.targets)})"
             if targets
             else f"{spec.upstream} (in-process app)"
         )
@@ -123,9 +125,10 @@ def route_table(config: GatewayConfig) -> str:
                 where,
                 "strip_prefix"
                 if spec.strip_prefix
-                else f"prefix_rewrite {spec.prefix_rewrite}"
+                else f"prefix_rewrite={spec.prefix_rewrite}"
                 if spec.prefix_rewrite is not None
                 else "-",
+                _policies(config, spec),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -133,6 +136,23 @@ def route_table(config: GatewayConfig) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def _target(target: TargetSpec) -> str:
+    return target.url if target.weight == 1 else f"{target.url} [weight {target.weight}]"
+
+
+def _policies(config: GatewayConfig, spec: RouteSpec) -> str:
+    """What the route does besides forwarding, in pipeline order: ``cors,auth,...``."""
+    policies = config.policies_of(spec)
+    names = [
+        name
+        for name in ("cors", "auth", "rate_limit", "headers", "websocket", "retry")
+        if getattr(policies, name) is not None
+    ]
+    if policies.timeout:
+        names.append(f"timeout={policies.timeout:g}s")
+    return ",".join(names) or "-"
 
 
 def _serve(args: argparse.Namespace, environment: Environment) -> int:

@@ -130,6 +130,7 @@ def test_routes_upstreams_and_config(
             "methods": None,
             "upstream": "main",
             "strip_prefix": False,
+            "prefix_rewrite": None,
             "preserve_host": False,
         }
     ]
@@ -300,25 +301,32 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_routes_prints_the_table(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(
-        '[upstreams.main]\ntargets = ["http://127.0.0.1:9001"]\n'
+        '[upstreams.main]\ntargets = ["http://127.0.0.1:9001", '
+        '{ url = "http://127.0.0.1:9002", weight = 3 }]\n'
         '[[routes]]\nname = "users"\npath = "/users/{id}"\nmethods = ["GET"]\nupstream = "main"\n'
+        'timeout = 2.0\n[routes.cors]\nallow_origins = ["*"]\n[routes.retry]\nattempts = 2\n'
         '[[routes]]\nname = "root"\npath = "/"\nupstream = "main"\nstrip_prefix = true\n'
     )
     done = run_cli("routes", "-c", str(config))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["ROUTE", "HOST", "PATH", "METHODS", "UPSTREAM", "REWRITE"]
+    header = ["ROUTE", "HOST", "PATH", "METHODS", "UPSTREAM", "REWRITE", "POLICIES"]
+    assert lines[0].split() == header
     assert lines[1].split() == [
         "users",
         "*",
         "/users/{id}",
-        "GET,HEAD",
+        "GET,HEAD,OPTIONS",  # CORS on: preflights reach the policy that answers them
         "main",
-        "(http://127.0.0.1:9001)",
+        "(http://127.0.0.1:9001,",
+        "http://127.0.0.1:9002",
+        "[weight",
+        "3])",
         "-",
+        "cors,retry,timeout=2s",
     ]
     assert lines[2].split()[:3] == ["root", "*", "/"]
-    assert lines[2].split()[-1] == "strip_prefix"
+    assert lines[2].split()[-2:] == ["strip_prefix", "-"]
 
 
 def test_cli_check_reports_observability_problems(tmp_path: Path) -> None:

@@ -183,7 +183,8 @@ def test_check_prints_route_table_for_example() -> None:
     result = run_cli("check", "-c", "examples/gateway.toml")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["ROUTE", "HOST", "PATH", "METHODS", "UPSTREAM", "REWRITE"]
+    header = ["ROUTE", "HOST", "PATH", "METHODS", "UPSTREAM", "REWRITE", "POLICIES"]
+    assert lines[0].split() == header
     assert any(line.split()[:3] == ["api", "*", "/api"] for line in lines)
     assert lines[-1] == "examples/gateway.toml: OK (4 routes, 2 upstreams)"
 
