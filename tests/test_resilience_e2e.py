@@ -270,6 +270,11 @@ async def test_retries_and_the_target_that_answered_reach_the_access_log_and_met
     assert failed["upstream_target"] == ""  # a failure names no target, as before
     retries = "quartgate_upstream_retries_total"
     wait_for(lambda: value(admin.scrape(), retries, route="api", upstream="api") == 3)
+    # By the exact status the client got, per upstream (Envoy's upstream_rq_<code>).
+    samples = admin.scrape()
+    answered_by = "quartgate_upstream_responses_total"
+    assert value(samples, answered_by, upstream="api", status="200") == 2
+    assert value(samples, answered_by, upstream="api", status="502") == 1
 
 
 async def test_retry_budget_caps_retries(

@@ -83,6 +83,13 @@ class GatewayMetrics:
             buckets=buckets,
             registry=registry,
         )
+        self.upstream_responses = Counter(
+            "quartgate_upstream_responses",
+            "Requests sent to an upstream, by upstream and the exact status the client got "
+            "(Envoy's upstream_rq_<code>; a 502/503/504 of the gateway's own included).",
+            ["upstream", "status"],
+            registry=registry,
+        )
         self.retries = Counter(
             "quartgate_upstream_retries",
             "Upstream requests retried.",
@@ -293,13 +300,14 @@ class GatewayMetrics:
 class MetricsObserver:
     """The per-request part: counters and histograms, children cached by their labels."""
 
-    __slots__ = ("_by_error", "_by_request", "_by_route", "_metrics")
+    __slots__ = ("_by_error", "_by_request", "_by_route", "_by_upstream", "_metrics")
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
         self._by_request: dict[tuple[str, str, int], Any] = {}
         self._by_route: dict[tuple[str, str], _RouteChildren] = {}
         self._by_error: dict[tuple[str, str], Any] = {}
+        self._by_upstream: dict[tuple[str, int], Any] = {}
 
     def request_finished(self, ctx: RequestContext) -> None:
         duration = time.perf_counter() - ctx.start
@@ -319,6 +327,12 @@ class MetricsObserver:
         children.duration.observe(duration)
         if ctx.upstream_start:
             children.upstream.observe(ctx.upstream_time)
+            answered = self._by_upstream.get((ctx.upstream, status))
+            if answered is None:
+                label = str(status) if 100 <= status < 600 else "other"
+                answered = self._metrics.upstream_responses.labels(ctx.upstream, label)
+                self._by_upstream[(ctx.upstream, status)] = answered
+            answered.inc()
         if ctx.bytes_in:
             children.bytes_in.inc(ctx.bytes_in)
         if ctx.bytes_out:
