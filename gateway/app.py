@@ -3,6 +3,7 @@ no environment and imports nothing by name (gateway/environment.py, gateway/asgi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import cast
 
@@ -18,7 +19,7 @@ from gateway.ops.control import Control
 from gateway.ops.reload import HotReload
 from gateway.proxy import Proxy
 from gateway.server.limits import ServerLimits
-from gateway.state import APP_MOUNT, build_state
+from gateway.state import build_state
 
 
 def create_app(
@@ -44,35 +45,15 @@ def create_app(
     missing = sorted(set(config.app_upstreams) - set(apps))
     if missing:
         raise ValueError(f"create_app: no in-process app given for {', '.join(missing)}")
-    app = Quart("quartgate")
-    # Quart's defaults would cap a proxy silently (docs/known-defects.md): the gateway sets its own.
-    app.config.update(
-        MAX_CONTENT_LENGTH=None,
-        BODY_TIMEOUT=None,
-        RESPONSE_TIMEOUT=None,
-        PROVIDE_AUTOMATIC_OPTIONS=False,
-    )
-    for inprocess in apps.values():
+    app = _quart("quartgate")
+    for name, inprocess in apps.items():
         if inprocess.kind == BLUEPRINT:
-            name = inprocess.name
-            app.register_blueprint(
-                inprocess.obj, url_prefix=APP_MOUNT + name, name=f"upstream_{name}"
-            )
-
-    @app.errorhandler(HTTPException)
-    async def http_error(error: HTTPException) -> Response:
-        from quart import request
-
-        request_id = request.headers.get("x-request-id", "")
-        code = (error.name or "error").lower().replace(" ", "_")
-        body = error_body(code, error.description or "", request_id)
-        response = Response(body, status=error.code or 500, content_type="application/json")
-        if error.code == 405:
-            allow = error.get_headers().__iter__()
-            for name, value in allow:
-                if name.lower() == "allow":
-                    response.headers["Allow"] = value
-        return response
+            # Its own Quart app, the blueprint at its root under its own name: url_for
+            # ("shop.index") works, and under strip_prefix (root_path) its URLs are the
+            # public ones, as for any ASGI app (docs/in-process-apps.md).
+            blueprint_app = _quart(f"quartgate.{name}")
+            blueprint_app.register_blueprint(inprocess.obj)
+            apps[name] = dataclasses.replace(inprocess, asgi=cast(ASGIApp, blueprint_app))
 
     # Built in the order they need each other, each complete when made: the instruments
     # (the snapshot's requests report to them), the snapshot and the proxy serving it, the
@@ -106,3 +87,31 @@ def create_app(
         await proxy.state.aclose()
 
     return app
+
+
+def _quart(name: str) -> Quart:
+    """A Quart app as the gateway configures one: no cap or timeout of Quart's own (the
+    gateway sets its own, docs/known-defects.md), errors as the gateway's JSON body."""
+    app = Quart(name)
+    app.config.update(
+        MAX_CONTENT_LENGTH=None,
+        BODY_TIMEOUT=None,
+        RESPONSE_TIMEOUT=None,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    app.register_error_handler(HTTPException, _http_error)
+    return app
+
+
+async def _http_error(error: HTTPException) -> Response:
+    from quart import request
+
+    request_id = request.headers.get("x-request-id", "")
+    code = (error.name or "error").lower().replace(" ", "_")
+    body = error_body(code, error.description or "", request_id)
+    response = Response(body, status=error.code or 500, content_type="application/json")
+    if error.code == 405:
+        for name, value in error.get_headers():
+            if name.lower() == "allow":
+                response.headers["Allow"] = value
+    return response

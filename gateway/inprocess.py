@@ -12,7 +12,9 @@ for one at most ``queue_timeout`` seconds (then 503), and a client that leaves e
 response and frees its thread.
 
 ASGI apps get the ASGI lifespan (startup before the gateway serves, shutdown after), so
-their startup handlers run; an app that does not speak lifespan is served without it.
+their startup handlers run; an app that does not speak lifespan is served without it. A
+blueprint is served by a Quart app of its own, at its root, and is then an ASGI app like
+any other (its ``before_app_serving`` hooks run in that lifespan).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ WSGI: Final = "wsgi"
 
 @dataclass(frozen=True, slots=True)
 class InProcessApp:
-    """One in-process upstream, ready to serve: ``asgi`` is None for a blueprint (the
-    gateway's Quart app serves it under its internal mount); for a WSGI app it is ``wsgi``,
-    the adapter, which the dispatcher calls with the route's wait for a thread."""
+    """One in-process upstream, ready to serve: ``asgi`` is what the dispatcher calls. For
+    a blueprint it is the Quart app ``create_app`` makes for it (None until then); for a
+    WSGI app it is ``wsgi``, the adapter, which the dispatcher calls with the route's wait
+    for a thread."""
 
     name: str
     kind: str
@@ -134,7 +137,7 @@ class Lifespans:
     """The ASGI lifespan of each in-process ASGI app, run beside the gateway's own."""
 
     def __init__(self, apps: list[InProcessApp]) -> None:
-        self._apps = [a for a in apps if a.kind == ASGI and a.asgi is not None]
+        self._apps = [a for a in apps if a.kind in (ASGI, BLUEPRINT) and a.asgi is not None]
         self._running: list[tuple[asyncio.Task[None], asyncio.Queue[Message], Any]] = []
         #: Each app's lifespan state, copied into the scope of its requests (ASGI 2.4).
         self.states: dict[str, dict[str, Any]] = {}

@@ -23,19 +23,16 @@ from routes.model import Route, RouteTable
 from upstreams.retry import RetryPolicy
 from upstreams.upstream import Upstream
 
-APP_MOUNT = "/_quartgate/upstreams/"
-
 
 @dataclass(frozen=True, slots=True)
 class RouteRuntime:
-    """A route joined to what serves it: an :class:`Upstream`, or an in-process app mount."""
+    """A route joined to what serves it: an :class:`Upstream`, or (None) an in-process app."""
 
     route: Route
     upstream: Upstream | None
     #: strip_prefix or prefix_rewrite: the route rewrites the path it forwards.
     rewrites: bool
     preserve_host: bool
-    mount: str = ""
     #: The route's pipeline, in order; empty for most routes, so the hot path skips it.
     policies: tuple[Policy, ...] = ()
     #: The route's deadline and retry policy for its upstream; None: the upstream's default.
@@ -112,7 +109,6 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
     for route in table.routes:
         spec = route.spec
         upstream = upstreams.get(spec.upstream)
-        mount = "" if upstream is not None else APP_MOUNT + spec.upstream
         policies = config.policies_of(spec)
         websocket = policies.websocket
         connector = None
@@ -125,7 +121,6 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
             upstream,
             spec.rewrites,
             spec.preserve_host,
-            mount,
             build_policies(spec.name, policies, resources),
             # In process, the route's deadline bounds the wait for a WSGI thread.
             _retry_policy(policies),

@@ -39,6 +39,9 @@ app = "{APPS}:create_flask_app"
 [upstreams.hello]
 app = "hello_app:blueprint"
 
+[upstreams.shop]
+app = "{APPS}:shop"
+
 [[routes]]
 path = "/flask"
 upstream = "flask"
@@ -68,6 +71,12 @@ strip_prefix = true
 path = "/hello"
 upstream = "hello"
 strip_prefix = true
+
+[[routes]]
+path = "/shop2"
+upstream = "shop"
+strip_prefix = true
+websocket = true
 """
 
 
@@ -226,6 +235,30 @@ def test_the_quart_blueprint_still_works(gateway: GatewayProcess) -> None:
         "request_id": "bp-1",
     }
     assert get(gateway, "/hello/ada").json() == {"message": "hello, ada"}
+
+
+def test_a_blueprint_builds_its_public_urls_under_its_own_endpoint_names(
+    gateway: GatewayProcess,
+) -> None:
+    """url_for("shop.index") is the blueprint's own name (it was a 500, BuildError), and
+    under strip_prefix its URLs are the public ones; request.path is the path within the
+    mount and root_path the mount (Flask's and Quart's convention, as for WSGI apps)."""
+    assert get(gateway, "/shop2/").json() == {"self": "/shop2/", "path": "/", "root": "/shop2"}
+    assert get(gateway, "/shop2/items/5").json() == {
+        "self": "/shop2/items/5",
+        "index": "/shop2/",
+        "path": "/items/5",
+        "root": "/shop2",
+    }
+    missing = get(gateway, "/shop2/nothing")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+
+async def test_a_blueprint_websocket_through_the_gateway(gateway: GatewayProcess) -> None:
+    """docs/in-process-apps.md: a WebSocket route to a blueprint hands it the session."""
+    async with client(f"ws://127.0.0.1:{gateway.port}/shop2/ws") as ws:
+        await ws.send("hi")
+        assert await ws.recv() == "shop: hi"
 
 
 def test_check_reports_each_apps_kind(tmp_path: Path) -> None:

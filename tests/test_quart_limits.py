@@ -83,10 +83,16 @@ def body_and_end(sent: list[dict[str, Any]]) -> tuple[bytes, bool]:
     return data, ended
 
 
+def blueprint_app(app: Any) -> Any:
+    """The Quart app create_app made for the blueprint upstream (it serves it)."""
+    return app.extensions["quartgate"].apps["slow"].asgi
+
+
 async def test_stream_longer_than_quarts_response_timeout_is_not_cut(tmp_path: Path) -> None:
     app = build(tmp_path)
-    assert app.config["RESPONSE_TIMEOUT"] is None
-    assert app.config["MAX_CONTENT_LENGTH"] is None
+    for quart in (app, blueprint_app(app)):
+        assert quart.config["RESPONSE_TIMEOUT"] is None
+        assert quart.config["MAX_CONTENT_LENGTH"] is None
     data, ended = body_and_end(await call(app, "GET", "/stream"))
     assert data == b"piece0;piece1;piece2;piece3;piece4;"
     assert ended
@@ -94,7 +100,7 @@ async def test_stream_longer_than_quarts_response_timeout_is_not_cut(tmp_path: P
 
 async def test_control_a_short_response_timeout_does_cut(tmp_path: Path) -> None:
     app = build(tmp_path)
-    app.config["RESPONSE_TIMEOUT"] = 0.2  # what Quart's 60 s default does, sooner
+    blueprint_app(app).config["RESPONSE_TIMEOUT"] = 0.2  # Quart's 60 s default, sooner
     data, ended = body_and_end(await call(app, "GET", "/stream"))
     assert not ended
     assert len(data) < len(b"piece0;") * 5

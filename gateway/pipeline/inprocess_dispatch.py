@@ -1,5 +1,5 @@
-"""Dispatch to an in-process app (gateway/inprocess.py, docs/in-process-apps.md): a
-blueprint through the gateway's Quart app under its internal mount; an ASGI or WSGI app
+"""Dispatch to an in-process app (gateway/inprocess.py, docs/in-process-apps.md): an ASGI
+app (a blueprint is served by a Quart app of its own, so it is one too) or a WSGI app,
 called directly, with ``root_path`` set to the stripped prefix so that it generates correct
 URLs. HTTP requests and WebSocket sessions both come here.
 
@@ -31,7 +31,7 @@ class InProcessApps:
     __slots__ = ("_lifespans", "app", "by_name")
 
     def __init__(self, app: ASGIApp) -> None:
-        #: The gateway's Quart app: blueprints are served by it, under their mount.
+        #: The gateway's Quart app (its lifespan; in-process apps are served by their own).
         self.app = app
         self.by_name: dict[str, InProcessApp] = {}
         self._lifespans: Lifespans | None = None
@@ -71,32 +71,22 @@ class InProcessDispatch:
         if websocket:  # the app gets the WebSocket scope (gateway/websocket/handshake.py)
             del inner["method"]  # the handshake's GET was for the gateway's stages only
             inner["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
-        call: ASGIApp
-        if app is None or app.asgi is None:  # a blueprint, mounted in the Quart app
-            path = scope["path"]
-            raw_path = scope["raw_path"]
-            if runtime.rewrites:
-                raw_path = runtime.route.rewrite(raw_path)
-                path = runtime.route.rewrite(path.encode("utf-8")).decode("utf-8")
-            mount = runtime.mount
-            inner["path"] = mount + path
-            inner["raw_path"] = mount.encode("ascii") + raw_path
-            call = self._apps.app
-        else:
-            if runtime.rewrites:
-                prefix = mount_point(scope["path"], runtime.route.segments)
-                inner["root_path"] = scope.get("root_path", "") + prefix
-            lifespan = self._apps.lifespans.states.get(name)
-            if lifespan is not None:
-                inner["state"] = dict(lifespan)
-            call = app.asgi
-            if not websocket:
-                limit = self._max_body
-                declared = declared_too_large(headers, limit)
-                if declared is not None:
-                    detail = f"request body of {declared} bytes exceeds {limit}"
-                    raise GatewayError(413, "payload_too_large", detail)
-                receive = limited_receive(receive, limit, ctx)
+        if app is None or app.asgi is None:  # create_app refuses a config without it
+            raise GatewayError(502, "upstream_unavailable", f"no in-process app {name!r}")
+        if runtime.rewrites:
+            prefix = mount_point(scope["path"], runtime.route.segments)
+            inner["root_path"] = scope.get("root_path", "") + prefix
+        lifespan = self._apps.lifespans.states.get(name)
+        if lifespan is not None:
+            inner["state"] = dict(lifespan)
+        call: ASGIApp = app.asgi
+        if not websocket:
+            limit = self._max_body
+            declared = declared_too_large(headers, limit)
+            if declared is not None:
+                detail = f"request body of {declared} bytes exceeds {limit}"
+                raise GatewayError(413, "payload_too_large", detail)
+            receive = limited_receive(receive, limit, ctx)
 
         policies = runtime.policies
         started = False
@@ -125,9 +115,6 @@ class InProcessDispatch:
                 ctx.status = message["status"]
             await send(message)
 
-        if app is None or app.asgi is None:
-            await call(inner, receive, send_with_id)
-            return
         wsgi = app.wsgi
         try:
             if wsgi is not None:

@@ -14,6 +14,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from flask import Flask, Response, request, stream_with_context, url_for
+from quart import Blueprint as QuartBlueprint
+from quart import request as quart_request
+from quart import url_for as quart_url_for
+from quart import websocket as quart_websocket
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -184,6 +188,38 @@ async def bare_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": HUNDRED})
+
+
+# ---- a Quart blueprint that builds URLs (the issue-23 shop) -----------------------------
+
+shop = QuartBlueprint("shop", __name__)
+
+
+@shop.get("/")
+async def shop_index() -> dict[str, Any]:
+    request = quart_request
+    return {
+        "self": quart_url_for("shop.shop_index"),
+        "path": request.path,
+        "root": request.root_path,
+    }
+
+
+@shop.get("/items/<int:n>")
+async def shop_item(n: int) -> dict[str, Any]:
+    return {
+        "self": quart_url_for(".shop_item", n=n),
+        "index": quart_url_for("shop.shop_index"),
+        "path": quart_request.path,
+        "root": quart_request.root_path,
+    }
+
+
+@shop.websocket("/ws")
+async def shop_ws() -> None:
+    while True:
+        message = await quart_websocket.receive()
+        await quart_websocket.send(f"shop: {message}")
 
 
 def create_flask_app() -> Flask:
