@@ -112,6 +112,12 @@ async def test_sighup_swaps_config_keeps_in_flight_and_refuses_bad_file(
         logs = gateway.logs()
         assert f"{gateway.config}: routes[0].colour: unknown key" in logs
         assert logs.count("config reloaded") == 1
+        # One line per event: the refusal, its pid and every reason on the same line.
+        (refused,) = [line for line in logs.splitlines() if "config reload refused" in line]
+        assert f"(pid {gateway.pid})" in refused
+        assert "routes[0].colour: unknown key" in refused and "balancer: must be one of" in refused
+        (reloaded,) = [line for line in logs.splitlines() if "config reloaded" in line]
+        assert reloaded.endswith(f"(pid {gateway.pid})")
         assert (await client.get("/api/x")).headers["x-served-by"] == "b"  # old config stays
         assert (await client.get("/new/x")).status_code == 200
     assert gateway.stop() == 0

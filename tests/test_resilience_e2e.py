@@ -140,6 +140,13 @@ healthy_threshold = 2
         b.health_status = 200
         await probes_seen(b, 2)
         assert set(await served_by(client, 4)) == {"b"}
+    # Losing a target is a WARNING; getting it back is news, not trouble: INFO.
+    lines = gateway.logs().splitlines()
+    assert any(
+        " WARNING " in line and f"{a.url}" in line and "is unhealthy" in line for line in lines
+    )
+    recovered = [line for line in lines if "is healthy again" in line]
+    assert recovered and all(" INFO " in line for line in recovered)
 
 
 async def test_breaker_ejects_a_failing_target_and_half_open_brings_it_back(
