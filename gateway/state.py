@@ -59,7 +59,7 @@ def build_edge(settings: GatewaySettings, trusted: TrustedProxies) -> EdgeStages
         EdgeChecks.for_requests(count, size),
         EdgeChecks.for_handshakes(count, size),
         Normaliser(settings.escaped_slashes, settings.path_parameters),
-        Identity(trusted, settings.traceparent),
+        Identity(trusted, settings.traceparent, settings.x_forwarded_port),
     )
 
 

@@ -65,6 +65,12 @@ class GatewaySettings:
     #: Seconds from the first byte of a request head to its end (408 and close beyond);
     #: nginx's client_header_timeout, apart from the keep-alive idle timeout. 0: no limit.
     header_timeout: Annotated[float, Ge(0)] = 30.0
+    #: Send ``X-Forwarded-Port`` upstream: the port the client connected to (a trusted
+    #: proxy's own ``X-Forwarded-Port`` is passed on whatever this says).
+    x_forwarded_port: bool = False
+    #: When set, ``Via: <version> <via>`` is added to requests upstream and to responses
+    #: (RFC 9110 7.6.3; Envoy's ``via``), e.g. ``"quartgate"``. Empty: no Via of its own.
+    via: str = ""
     #: Seconds the worker's event loop may run late before new requests are refused with
     #: 503 gateway_overloaded (docs/overload.md); 0: never shed.
     max_loop_lag: Annotated[float, Ge(0)] = 0.5

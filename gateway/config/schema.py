@@ -8,6 +8,7 @@ document reports every problem it finds, each at its key.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, TypeAdapter
@@ -39,6 +40,13 @@ def _networks(raw: tuple[Any, ...]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def _via(value: str) -> str:
+    """``via``: a received-by name (RFC 9110 7.6.3): visible ASCII, no comma."""
+    if value and (re.fullmatch(r"[!-~]+", value) is None or "," in value):
+        raise Invalid.at("must be a name of visible ASCII characters, without a comma")
+    return value
+
+
 GATEWAY = table(
     GatewaySettings,
     fields={"trusted_proxies": Annotated[tuple[Any, ...], AfterValidator(_networks)]},
@@ -47,6 +55,7 @@ GATEWAY = table(
         "escaped_slashes": one_of(ESCAPED_SLASH_ACTIONS),
         "path_parameters": one_of(PATH_PARAMETER_ACTIONS),
         "traceparent": one_of(TRACE_MODES),
+        "via": _via,
     },
 )
 SERVER = table(ServerSettings, checks={"engine": one_of(ENGINES)})

@@ -4,8 +4,10 @@ Only a peer inside ``[gateway] trusted_proxies`` is believed. For such a peer th
 the right-most hop of ``X-Forwarded-For`` (or, when that header is absent, of the
 ``for=`` parameters of ``Forwarded``) that is not itself a trusted proxy; the chain is
 passed on with the peer appended, and ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` are
-believed. For any other peer every incoming forwarding header is dropped and replaced by
-what the gateway saw (``X-Forwarded-For: <peer>``): never appended to blindly.
+believed, and so is ``X-Forwarded-Port``. For any other peer every incoming forwarding
+header (``X-Forwarded-Port`` included) is dropped and replaced by what the gateway saw
+(``X-Forwarded-For: <peer>``): never appended to blindly. ``[gateway] x_forwarded_port``
+adds the port the client connected to when no trusted proxy said one.
 
 ``X-Forwarded-For`` wins over ``Forwarded`` because nginx's ``$proxy_add_x_forwarded_for``
 rewrites the former but passes a client-sent ``Forwarded`` through untouched.
@@ -18,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.asgi_types import Scope
 from gateway.edge.headers import REQUEST_DROP, TrustedProxies
 
 #: Request headers never copied upstream as they came: the gateway sets them itself.
@@ -37,16 +40,27 @@ class Forwarding:
     headers: tuple[tuple[bytes, bytes], ...]
 
 
-def untrusted_headers(peer: str, scheme: str, host: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    """The forwarding headers for a peer that is not trusted: what the gateway saw."""
+def untrusted_headers(
+    peer: str, scheme: str, host: bytes, port: bytes = b""
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The forwarding headers for a peer that is not trusted: what the gateway saw.
+    ``port``: the port the client connected to, sent as ``X-Forwarded-Port`` when given
+    (``[gateway] x_forwarded_port``)."""
     proto = b"https" if scheme == "https" else b"http"
+    out = [(b"x-forwarded-for", peer.encode("ascii")), (b"x-forwarded-proto", proto)]
     if host:
-        return (
-            (b"x-forwarded-for", peer.encode("ascii")),
-            (b"x-forwarded-proto", proto),
-            (b"x-forwarded-host", host),
-        )
-    return ((b"x-forwarded-for", peer.encode("ascii")), (b"x-forwarded-proto", proto))
+        out.append((b"x-forwarded-host", host))
+    if port:
+        out.append((b"x-forwarded-port", port))
+    return tuple(out)
+
+
+def server_port(scope: Scope) -> bytes:
+    """The port the client connected to, as a header value (b"" on a unix socket)."""
+    server = scope.get("server")
+    if isinstance(server, tuple | list) and len(server) == 2 and server[1] is not None:
+        return str(server[1]).encode("ascii")
+    return b""
 
 
 def resolve(
@@ -55,12 +69,16 @@ def resolve(
     scheme: str,
     host: bytes,
     trusted: TrustedProxies,
+    port: bytes = b"",
 ) -> Forwarding:
-    """Client identity and onward headers for a request from a trusted ``peer``."""
+    """Client identity and onward headers for a request from a trusted ``peer``. Its
+    ``X-Forwarded-Port`` is believed and passed on; without one, ``port`` is sent when
+    given (``[gateway] x_forwarded_port``)."""
     xff: list[bytes] = []
     forwarded: list[bytes] = []
     proto: bytes | None = None
     fhost: bytes | None = None
+    fport: bytes | None = None
     for name, value in headers:
         if name == b"x-forwarded-for":
             xff.append(value)
@@ -74,6 +92,10 @@ def resolve(
             token = value.split(b",", 1)[0].strip()
             if _HOST.fullmatch(token):
                 fhost = token
+        elif name == b"x-forwarded-port":
+            token = value.split(b",", 1)[0].strip()
+            if token.isdigit() and 0 < len(token) <= 5:
+                fport = token
     elements = parse_forwarded(b", ".join(forwarded)) if forwarded else []
     if xff:
         hops = [h.strip().decode("latin-1") for h in b",".join(xff).split(b",")]
@@ -101,6 +123,8 @@ def resolve(
     ]
     if fhost or host:
         out.append((b"x-forwarded-host", fhost or host))
+    if fport or port:
+        out.append((b"x-forwarded-port", fport or port))
     if forwarded:
         mine = b"for=" + _node(peer) + b";proto=" + scheme_b
         if host and _HOST.fullmatch(host):

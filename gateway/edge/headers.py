@@ -33,6 +33,7 @@ REQUEST_DROP: Final = HOP_BY_HOP | {
     b"x-forwarded-for",
     b"x-forwarded-proto",
     b"x-forwarded-host",
+    b"x-forwarded-port",
 }
 
 #: Response headers the gateway never copies back: hop-by-hop, and framing the server

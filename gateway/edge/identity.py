@@ -18,16 +18,20 @@ import re
 from typing import Final
 
 from gateway.edge.context import RequestContext
-from gateway.edge.forwarding import resolve
+from gateway.edge.forwarding import resolve, server_port
 from gateway.edge.headers import TrustedProxies
 
 
 class Identity:
     """Built once per snapshot from ``trusted_proxies`` and ``traceparent``."""
 
-    __slots__ = ("_start_traces", "_trace_mode", "_trusted")
+    __slots__ = ("_forwarded_port", "_start_traces", "_trace_mode", "_trusted")
 
-    def __init__(self, trusted: TrustedProxies, trace_mode: str) -> None:
+    def __init__(
+        self, trusted: TrustedProxies, trace_mode: str, forwarded_port: bool = False
+    ) -> None:
+        #: ``[gateway] x_forwarded_port``: send the port the client connected to.
+        self._forwarded_port = forwarded_port
         #: None when no proxy is trusted: the common request skips the lookup entirely.
         self._trusted = trusted if trusted else None
         self._trace_mode = trace_mode
@@ -39,7 +43,8 @@ class Identity:
         trusted = self._trusted
         if trusted is not None and trusted.trusts(ctx.client_ip):
             scope = ctx.scope
-            found = resolve(scope["headers"], ctx.client_ip, scheme, ctx.host, trusted)
+            port = server_port(scope) if self._forwarded_port else b""
+            found = resolve(scope["headers"], ctx.client_ip, scheme, ctx.host, trusted, port)
             ctx.client_ip = found.client_ip
             ctx.forwarding = found.headers
         if traceparent is not None or self._start_traces:

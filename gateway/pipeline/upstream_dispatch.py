@@ -18,7 +18,7 @@ from gateway.asgi_types import Receive, Send
 from gateway.edge.checks import check_upgrade
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import ClientDisconnected, GatewayError, from_upstream
-from gateway.edge.forwarding import FORWARD_DROP, untrusted_headers
+from gateway.edge.forwarding import FORWARD_DROP, server_port, untrusted_headers
 from gateway.edge.head import RequestHead
 from gateway.edge.headers import connection_tokens, filter_response_headers
 from gateway.pipeline.disconnect_watch import WATCH_AFTER, DisconnectWatch
@@ -34,12 +34,22 @@ class UpstreamDispatch:
     """The dispatch stage for routes served by an :class:`upstreams.upstream.Upstream`,
     built once per snapshot."""
 
-    __slots__ = ("_body_timeout", "_id_header", "_max_body")
+    __slots__ = ("_body_timeout", "_forwarded_port", "_id_header", "_max_body", "_via")
 
-    def __init__(self, request_id_header: bytes, max_body_size: int, body_timeout: float) -> None:
+    def __init__(
+        self,
+        request_id_header: bytes,
+        max_body_size: int,
+        body_timeout: float,
+        forwarded_port: bool = False,
+        via: str = "",
+    ) -> None:
         self._id_header = request_id_header
         self._max_body = max_body_size
         self._body_timeout = body_timeout
+        self._forwarded_port = forwarded_port
+        #: ``[gateway] via``, as the value's tail (b" quartgate"); b"": none.
+        self._via = b" " + via.encode("ascii") if via else b""
 
     async def forward(
         self,
@@ -62,7 +72,10 @@ class UpstreamDispatch:
         headers = [(n, v) for n, v in scope["headers"] if n not in drop and n != request_id_header]
         headers.append((request_id_header, ctx.request_id))
         # Believed from a trusted proxy (gateway/edge/forwarding.py), else what the gateway saw.
-        headers += ctx.forwarding or untrusted_headers(ctx.client_ip, scope["scheme"], host)
+        port = server_port(scope) if self._forwarded_port else b""
+        headers += ctx.forwarding or untrusted_headers(ctx.client_ip, scope["scheme"], host, port)
+        if self._via:  # the protocol the gateway received the request in, then its name
+            headers.append((b"via", scope.get("http_version", "1.1").encode("ascii") + self._via))
         if ctx.traceparent is not None:
             headers.append((b"traceparent", ctx.traceparent))
         raw_path = scope["raw_path"]
@@ -150,6 +163,10 @@ class UpstreamDispatch:
     ) -> None:
         headers = filter_response_headers(response.headers)
         headers.append((self._id_header, ctx.request_id))
+        if self._via:  # the protocol the gateway received the response in, then its name
+            upstream = runtime.upstream
+            version = b"2" if upstream is not None and upstream.spec.http2 else b"1.1"
+            headers.append((b"via", version + self._via))
         if ctx.response_headers:
             headers += ctx.response_headers
         for policy in runtime.policies:

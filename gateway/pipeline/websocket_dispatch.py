@@ -18,7 +18,7 @@ from typing import Final
 from gateway.asgi_types import Message, Receive, Send
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import ClientDisconnected
-from gateway.edge.forwarding import FORWARD_DROP, untrusted_headers
+from gateway.edge.forwarding import FORWARD_DROP, server_port, untrusted_headers
 from gateway.edge.head import RequestHead
 from gateway.edge.headers import connection_tokens
 from gateway.pipeline.error_mapping import HandshakeErrorMapping
@@ -47,7 +47,7 @@ _NORMAL = frozenset({1000, 1001})
 class WebSocketDispatch:
     """The dispatch stage of handshakes to network upstreams, built once per snapshot."""
 
-    __slots__ = ("_errors", "_id_header", "_observers", "_sessions")
+    __slots__ = ("_errors", "_forwarded_port", "_id_header", "_observers", "_sessions")
 
     def __init__(
         self,
@@ -55,8 +55,11 @@ class WebSocketDispatch:
         errors: HandshakeErrorMapping,
         sessions: Sessions,
         observers: HandshakeObservers,
+        forwarded_port: bool = False,
     ) -> None:
         self._id_header = request_id_header
+        #: ``[gateway] x_forwarded_port``, as for HTTP requests.
+        self._forwarded_port = forwarded_port
         #: Relays an upstream's refusal as the handshake's other refusals are sent.
         self._errors = errors
         #: The worker's, across snapshots.
@@ -120,7 +123,11 @@ class WebSocketDispatch:
         )
         headers = [(n, v) for n, v in scope["headers"] if n not in drop and n != request_id_header]
         headers.append((request_id_header, ctx.request_id))
-        headers += ctx.forwarding or untrusted_headers(ctx.client_ip, scope["scheme"], ctx.host)
+        if ctx.forwarding:
+            headers += ctx.forwarding
+        else:
+            port = server_port(scope) if self._forwarded_port else b""
+            headers += untrusted_headers(ctx.client_ip, scope["scheme"], ctx.host, port)
         if ctx.traceparent is not None:
             headers.append((b"traceparent", ctx.traceparent))
         raw_path = scope["raw_path"]

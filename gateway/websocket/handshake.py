@@ -46,7 +46,13 @@ def handshake_stages(state: GatewayState, request: Stages, sessions: Sessions) -
         request,
         check_edge=HandshakeChecks(state.edge.handshakes).check,
         match_route=HandshakeRoutes(request.match_route, state.runtimes).match,
-        forward=WebSocketDispatch(state.request_id_header, errors, sessions, observers).forward,
+        forward=WebSocketDispatch(
+            state.request_id_header,
+            errors,
+            sessions,
+            observers,
+            state.config.gateway.x_forwarded_port,
+        ).forward,
         errors=errors,
         observers=(observers,),
     )
