@@ -123,6 +123,22 @@ async def test_sighup_swaps_config_keeps_in_flight_and_refuses_bad_file(
     assert gateway.stop() == 0
 
 
+def children_cmdlines(parent: int) -> list[str]:
+    """The command lines of ``parent``'s child processes (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if ppid == parent:
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace").strip())
+    return found
+
+
 async def test_quartgate_reload_with_two_workers(
     make_gateway: Callable[..., GatewayProcess],
     pair: tuple[FaultyUpstream, FaultyUpstream],
@@ -135,6 +151,14 @@ async def test_quartgate_reload_with_two_workers(
         V1.format(a=a.url), workers=2, extra_args=("--pid-file", pid_file), engine=engine
     )
     await wait_for_log(gateway, "Running on", count=2)  # both workers serve
+    # Each worker is named in ps; the master keeps the command line quartgate reload reads.
+    titles = sorted(t for t in children_cmdlines(gateway.pid) if t.startswith("quartgate:"))
+    assert titles == [
+        f"quartgate: worker {n} ({engine}) -c {gateway.config.resolve()}" for n in (1, 2)
+    ]
+    assert (
+        "serve" in Path(f"/proc/{gateway.pid}/cmdline").read_bytes().split(b"\0")[3:4][0].decode()
+    )
 
     def reload() -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -170,9 +170,23 @@ def _terminate_when_ready(process: Any, ready: Event, timeout: float = 60.0) -> 
     _terminate(process)
 
 
-def _worker_main(config: Config, environment: Environment, sockets: Sockets, ready: Event) -> None:
-    """Entry point of a spawned worker process."""
+def _worker_main(
+    config: Config, environment: Environment, sockets: Sockets, ready: Event, number: int = 1
+) -> None:
+    """Entry point of a spawned worker process, named for ``ps`` (it was ``python -c from
+    multiprocessing.spawn import ...``); the master keeps its command line, which
+    ``quartgate reload`` reads."""
+    name_process(f"quartgate: worker {number} ({environment.engine}) -c {environment.config_path}")
     sys.exit(run_worker(config, environment, sockets, ready))
+
+
+def name_process(title: str) -> None:
+    """The process's title in ``ps`` and ``/proc/PID/cmdline`` (when setproctitle is there)."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:  # a plain pip install without it: the spawn line stays
+        return
+    setproctitle(title)
 
 
 # ---- several workers -------------------------------------------------------------------------
@@ -205,7 +219,7 @@ class _Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._reload)
-        for _ in range(config.workers):
+        for number in range(1, config.workers + 1):
             ready = self.context.Event()
             process = self.context.Process(
                 target=_worker_main,
@@ -214,6 +228,7 @@ class _Supervisor:
                     "environment": self.environment,
                     "sockets": self.sockets,
                     "ready": ready,
+                    "number": number,
                 },
             )
             process.start()
