@@ -28,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from loadtests.servers import ROOT
+from loadtests.summarize import median_range
 
 #: (column in bench.py's CSV, label, digits): what is compared.
 FIGURES = (("CPU µs/req", "CPU µs/req", 0), ("req/s", "req/s", 0), ("p99 ms", "p99 ms", 2))
@@ -103,15 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             before, after = figures[column], results[(b, scenario, system)][column]
             ratio = statistics.median(after) / statistics.median(before)
             print(
-                f"| {scenario} | {system} | {label} | {_spread(before, digits)} "
-                f"| {_spread(after, digits)} | {ratio:.3f} |"
+                f"| {scenario} | {system} | {label} | {median_range(before, digits)} "
+                f"| {median_range(after, digits)} | {ratio:.3f} |"
             )
     return 0
-
-
-def _spread(values: list[float], digits: int) -> str:
-    median = statistics.median(values)
-    return f"{median:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from pathlib import Path
 
 from loadtests import loadgen, servers
 from loadtests.bench import running
+from loadtests.summarize import median_range
 
 
 @dataclass(slots=True)
@@ -40,20 +39,7 @@ class Run:
 
 
 def wrk_run(url: str, connections: int, seconds: float, cpus: str | None) -> tuple[str, Run]:
-    assert loadgen.WRK is not None
-    args = servers.pinned(
-        cpus,
-        [
-            loadgen.WRK,
-            "-t1",
-            f"-c{connections}",
-            f"-d{round(seconds)}s",
-            "--timeout=2s",
-            "--latency",
-            url,
-        ],
-    )
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
+    out = loadgen.wrk_output(url, connections, seconds, cpus=cpus, timeout=2.0)
     result = loadgen.parse_wrk(out)
     latency = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s|m)", out, re.M)
     longest = float(latency.group(1)) * loadgen.UNITS[latency.group(2)] if latency else 0.0
@@ -124,23 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     for engine, found in runs.items():
         per_conn = [1024 * (r.peak_mib - r.rss_idle_mib) / args.connections for r in found]
         cells = [
-            _cell([r.rps for r in found], 0),
-            _cell([r.p50_ms for r in found], 0),
-            _cell([r.p99_ms for r in found], 0),
-            _cell([r.max_ms for r in found], 0),
-            _cell([r.past_2s for r in found], 0),
-            _cell([r.errors for r in found], 0),
-            _cell([r.rss_idle_mib for r in found], 1),
-            _cell([r.peak_mib for r in found], 1),
-            _cell(per_conn, 0),
+            median_range([r.rps for r in found], 0),
+            median_range([r.p50_ms for r in found], 0),
+            median_range([r.p99_ms for r in found], 0),
+            median_range([r.max_ms for r in found], 0),
+            median_range([r.past_2s for r in found], 0),
+            median_range([r.errors for r in found], 0),
+            median_range([r.rss_idle_mib for r in found], 1),
+            median_range([r.peak_mib for r in found], 1),
+            median_range(per_conn, 0),
         ]
         print(f"| {engine} | " + " | ".join(cells) + " |")
     return 0
-
-
-def _cell(values: list[float], digits: int) -> str:
-    median = statistics.median(values)
-    return f"{median:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 if __name__ == "__main__":

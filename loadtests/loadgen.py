@@ -43,6 +43,13 @@ def wrk(
     timeout: float = 5.0,
 ) -> Result:
     """``wrk -t1 -cN -dS --latency``: non-2xx/3xx answers and socket errors count as errors."""
+    return parse_wrk(wrk_output(url, connections, seconds, cpus=cpus, timeout=timeout))
+
+
+def wrk_output(
+    url: str, connections: int, seconds: float, *, cpus: str | None, timeout: float = 5.0
+) -> str:
+    """The text wrk prints for one run (for figures :class:`Result` does not hold)."""
     assert WRK is not None
     args = pinned(
         cpus,
@@ -56,8 +63,7 @@ def wrk(
             url,
         ],
     )
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
-    return parse_wrk(out)
+    return subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
 
 
 def parse_wrk(out: str) -> Result:
