@@ -21,7 +21,8 @@ worker or an upstream can take (open-loop offered load, loadtests/overload.py), 
 everything moved the excess from the kernel's queue, where it costs nothing, into the
 worker, where it costs CPU and loop time; the adaptive limiter then read the loop's
 lateness as upstream latency and cut its limit: goodput at 5x a backend's capacity fell
-from about 190 to about 50 requests a second, with the pump gated on loop lag alone too.
+from 180-198 to 49-71 requests a second in single runs, with the pump gated on loop lag
+alone too (docs/overload.md).
 So the pump is Envoy's overload-manager rule turned around: it accepts eagerly only while
 nothing is being refused. A burst on a worker that keeps up (thousands of clients
 connecting at once, each then closed-loop) is accepted at once; connections that come while
