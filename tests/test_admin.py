@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -388,3 +390,45 @@ def test_by_default_readiness_is_the_instances_not_its_upstreams(
     assert admin.post("/admin/drain").json() == {"draining": True, "ready": False}
     ready = admin.get("/readyz", token=None)
     assert (ready.status_code, ready.json()["reasons"]) == (503, ["gateway is draining"])
+
+
+async def test_a_scrape_that_races_another_worker_is_retried_then_503() -> None:
+    """With several workers a scrape reads files the others write; a failed read is tried
+    again, and after three failures the answer is a JSON 503, never a bare 500."""
+    from types import SimpleNamespace
+
+    from gateway.observability.sections import AdminSettings
+    from gateway.ops.admin import SCRAPE_TRIES, AdminApp
+
+    failures = [ValueError("read beyond file size")] * (SCRAPE_TRIES - 1)
+
+    def exposition() -> bytes:
+        if failures:
+            raise failures.pop()
+        return b"quartgate_up 1\n"
+
+    obs = SimpleNamespace(
+        settings=SimpleNamespace(admin=AdminSettings(token="a-token-of-sixteen")),
+        metrics=SimpleNamespace(exposition=exposition),
+        sync=lambda: None,
+    )
+    app = AdminApp(obs)  # type: ignore[arg-type]
+
+    async def scrape() -> tuple[int, bytes]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "method": "GET", "path": "/metrics"}, receive, send)
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return sent[0]["status"], body
+
+    assert await scrape() == (200, b"quartgate_up 1\n")  # two failures, then served
+    failures.extend([ValueError("still racing")] * SCRAPE_TRIES)
+    status, body = await scrape()
+    assert status == 503
+    assert json.loads(body)["error"] == "metrics_unavailable"

@@ -21,8 +21,10 @@ Endpoints (docs/admin.md):
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,6 +61,11 @@ class Observability(Protocol):
 
     async def request_reload(self) -> tuple[GatewayConfig, str]: ...
 
+
+log = logging.getLogger("quartgate")
+
+#: Tries of one /metrics scrape before it is answered 503 ``metrics_unavailable``.
+SCRAPE_TRIES = 3
 
 Handler = Callable[[list[str]], Awaitable[tuple[int, Any]]]
 JSON = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
@@ -170,8 +177,21 @@ class AdminApp:
             return
         from gateway.observability.metrics import CONTENT_TYPE
 
-        self.obs.sync()
-        body = metrics.exposition()
+        for attempt in range(SCRAPE_TRIES):
+            try:
+                self.obs.sync()
+                body = metrics.exposition()
+                break
+            except Exception as error:  # a race with another worker: retried
+                # With several workers a scrape reads files the others write (the shared
+                # decisions, prometheus-client's multiprocess files); one read during a
+                # write failed a scrape with a bare 500, rarely (a reload in the CI suite).
+                if attempt + 1 == SCRAPE_TRIES:
+                    log.exception("a /metrics scrape failed %d times", SCRAPE_TRIES)
+                    await _json(send, 503, _error("metrics_unavailable", repr(error)))
+                    return
+                log.info("a /metrics scrape failed, retried: %r", error)
+                await asyncio.sleep(0.01)
         headers = [(b"content-type", CONTENT_TYPE.encode("ascii"))]
         await _respond(send, 200, headers, body, head=head)
 
