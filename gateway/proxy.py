@@ -16,7 +16,6 @@ from collections.abc import Awaitable
 
 from gateway.asgi_types import ASGIApp, Receive, Scope, Send
 from gateway.inprocess import InProcessApp, Lifespans
-from gateway.ops.loop_lag import LoopLag
 from gateway.pipeline.inprocess_dispatch import InProcessApps
 from gateway.pipeline.request_path import RequestPath, request_stages
 from gateway.state import GatewayState
@@ -33,8 +32,9 @@ class Proxy:
         #: The worker's open WebSocket sessions, across snapshots (a reload leaves open
         #: sessions on theirs; a drain closes them all: ``going_away``).
         self.sessions = Sessions()
-        #: The worker's event loop watch: ``[gateway] max_loop_lag``, replaced on reload.
-        self.loop_lag = LoopLag(state.config.gateway.max_loop_lag)
+        #: The worker's event loop watch (``[gateway] max_loop_lag``): each snapshot is
+        #: built with this one (gateway/ops/reload.py).
+        self.loop_lag = state.loop_lag
         self._path, self._handshakes = self._paths(state)
 
     @property
@@ -46,7 +46,6 @@ class Proxy:
     def state(self, state: GatewayState) -> None:
         # The stages are built here, once per snapshot; requests already on the old paths
         # finish on them (each request reads its path once).
-        self.loop_lag.bound = state.config.gateway.max_loop_lag
         self._path, self._handshakes = self._paths(state)
 
     def _paths(self, state: GatewayState) -> tuple[RequestPath, RequestPath]:

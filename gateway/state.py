@@ -16,6 +16,7 @@ from gateway.edge.context import Observer, Policy
 from gateway.edge.headers import TrustedProxies
 from gateway.edge.identity import Identity
 from gateway.edge.normalize import Normaliser
+from gateway.ops.loop_lag import LoopLag
 from gateway.policies.route_chain import Resources, build_policies
 from gateway.websocket.connect import Connector
 from gateway.websocket.limits import WebSocketSettings
@@ -78,6 +79,9 @@ class GatewayState:
     observers: tuple[Observer, ...] = field(default=())
     #: What route policies share (a Redis client); closed with the snapshot.
     resources: Resources | None = None
+    #: The worker's event loop watch, one per worker across snapshots (``max_loop_lag``
+    #: sheds by it; adaptive limits do not blame an upstream for the loop's lateness).
+    loop_lag: LoopLag = field(default_factory=lambda: LoopLag(0.0))
 
     def start(self) -> None:
         """Start what runs in the background (active health checks), in the serving loop."""
@@ -99,9 +103,17 @@ class GatewayState:
             await self.resources.aclose()
 
 
-def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> GatewayState:
-    """Build a snapshot; ``observers`` are the app's (metrics, access log), kept on reload."""
-    upstreams = {name: Upstream(spec) for name, spec in config.upstreams.items()}
+def build_state(
+    config: GatewayConfig, observers: tuple[Observer, ...] = (), loop_lag: LoopLag | None = None
+) -> GatewayState:
+    """Build a snapshot; ``observers`` (metrics, access log) and ``loop_lag`` are the
+    worker's, kept on reload (a new watch when not given)."""
+    settings = config.gateway
+    if loop_lag is None:
+        loop_lag = LoopLag(settings.max_loop_lag)
+    else:
+        loop_lag.bound = settings.max_loop_lag  # a reload may change it
+    upstreams = {name: Upstream(spec, loop_lag) for name, spec in config.upstreams.items()}
     table = RouteTable(config.routes)
     runtimes: dict[str, RouteRuntime] = {}
     resources = Resources(config.shared)
@@ -127,7 +139,6 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
             websocket,
             connector,
         )
-    settings = config.gateway
     trusted = TrustedProxies(settings.trusted_proxies)
     return GatewayState(
         config,
@@ -140,6 +151,7 @@ def build_state(config: GatewayConfig, observers: tuple[Observer, ...] = ()) -> 
         build_edge(settings, trusted),
         observers=observers,
         resources=resources,
+        loop_lag=loop_lag,
     )
 
 

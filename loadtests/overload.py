@@ -160,7 +160,12 @@ def one_run(args: argparse.Namespace, workdir: Path) -> dict[tuple[str, float], 
                 (
                     name,
                     quartgate_service(
-                        workdir, backend, cpus=gateway_cpu, name=name, config_text=text
+                        workdir,
+                        backend,
+                        cpus=gateway_cpu,
+                        name=name,
+                        config_text=text,
+                        server=args.engine,
                     ),
                 )
             )
@@ -176,6 +181,8 @@ def one_run(args: argparse.Namespace, workdir: Path) -> dict[tuple[str, float], 
             )
             setups.append(("nginx", nginx))
         for name, service in setups:
+            if name not in args.setups:
+                continue
             settle(backend)
             context = running(service) if service is not None else contextlib.nullcontext()
             with context:
@@ -193,6 +200,7 @@ def one_run(args: argparse.Namespace, workdir: Path) -> dict[tuple[str, float], 
 
 
 ADAPTIVE = "[upstreams.slow.adaptive_concurrency]\n"
+SETUPS = ("direct", "quartgate", "adaptive", "nginx")
 
 
 def label(factor: float) -> str:
@@ -209,6 +217,13 @@ def main() -> None:
     parser.add_argument("--service-ms", type=float, default=20.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--engine", choices=("hypercorn", "uvicorn"), default="hypercorn")
+    parser.add_argument(
+        "--setups",
+        type=lambda text: text.split(","),
+        default=list(SETUPS),
+        help=f"comma-separated, of {','.join(SETUPS)} (default: all)",
+    )
     args = parser.parse_args()
     with contextlib.suppress(ImportError):
         import uvloop

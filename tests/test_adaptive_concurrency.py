@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 
-from upstreams.concurrency import AdaptiveConcurrencySpec, Gradient
+from upstreams.concurrency import AdaptiveConcurrencySpec, Gradient, late_bound
 from upstreams.errors import UpstreamConnectError, UpstreamOverloaded, UpstreamTimeout
 from upstreams.layers.limiting import Limiting
 from upstreams.messages import UpstreamRequest, UpstreamResponse
@@ -29,15 +29,17 @@ class Clock:
         self.now = 0.0
 
 
-def run_window(gradient: Gradient, clock: Clock, rtt: float, in_flight: int) -> None:
+def run_window(
+    gradient: Gradient, clock: Clock, rtt: float, in_flight: int, late: float = 0.0
+) -> None:
     """One window of samples, each ``rtt`` long, started with ``in_flight`` requests out
-    (``in_flight`` is also the most the window saw)."""
+    (``in_flight`` is also the most the window saw), while the worker's loop ran ``late``."""
     gradient.started(in_flight)
     count = gradient.spec.min_samples
     start = clock.now
     for i in range(count):
         clock.now = start + gradient.spec.window * (i + 1) / count + 1e-9
-        gradient.sample(rtt, in_flight, clock.now)
+        gradient.sample(rtt, in_flight, clock.now, late)
 
 
 def used(gradient: Gradient) -> int:
@@ -121,6 +123,44 @@ def test_a_timeout_in_a_window_lowers_the_limit() -> None:
     assert gradient.limit < before
 
 
+def test_windows_in_which_the_worker_ran_late_do_not_lower_the_limit() -> None:
+    """The worker is the bottleneck (its loop 60 ms late): samples four times min_rtt say
+    nothing about the upstream, so the limit holds; a timeout still lowers it."""
+    clock = Clock()
+    gradient = Gradient(SPEC, clock.now)
+    run_window(gradient, clock, BASE, 1)
+    settle(gradient, clock, BASE, 10)
+    before = gradient.limit
+    for _ in range(6):
+        run_window(gradient, clock, 4 * BASE, used(gradient), late=0.060)
+    assert gradient.limit == before and gradient.min_rtt == BASE
+    # Lateness within the bound (tolerance - 1 of min_rtt: 10 ms here) is the upstream's.
+    assert late_bound(SPEC, BASE) == pytest.approx(0.010)
+    run_window(gradient, clock, 4 * BASE, used(gradient), late=0.009)
+    assert gradient.limit < before
+    lowered = gradient.limit
+    gradient.timed_out()
+    run_window(gradient, clock, 4 * BASE, used(gradient), late=0.060)
+    assert gradient.limit < lowered
+
+
+def test_samples_taken_while_the_loop_ran_late_do_not_remeasure_min_rtt() -> None:
+    spec = replace(SPEC, min_rtt_interval=5.0, jitter=0.0)
+    clock = Clock()
+    gradient = Gradient(spec, clock.now)
+    run_window(gradient, clock, BASE, 1)
+    while clock.now < 2.0:  # until the first re-measure (8 windows), from clean samples
+        run_window(gradient, clock, BASE, 1)
+    # Light load, but the loop is late: each sample is the loop's lateness on top. The
+    # re-measure due meanwhile waits (no probe either: it would only hold requests back).
+    while clock.now < 12.0:
+        run_window(gradient, clock, 3 * BASE, 1, late=0.040)
+    assert gradient.min_rtt == BASE and not gradient.probing
+    # The upstream itself slowed meanwhile: min_rtt comes from the clean samples only.
+    run_window(gradient, clock, 4 * BASE, 1)
+    assert gradient.min_rtt == 4 * BASE and not gradient.probing
+
+
 def test_min_rtt_is_remeasured_from_requests_that_met_a_short_queue() -> None:
     spec = replace(SPEC, min_rtt_interval=5.0, jitter=0.0)
     clock = Clock()
@@ -191,9 +231,16 @@ async def until(condition: object, what: str) -> None:
     assert condition(), what  # type: ignore[operator]
 
 
-def limiter(**settings: float) -> tuple[Limiting, Held]:
+class Late:
+    """The worker's loop lateness as the limiter reads it (gateway/ops/loop_lag.py's)."""
+
+    def __init__(self, lag: float = 0.0) -> None:
+        self.lag = lag
+
+
+def limiter(lateness: Late | None = None, **settings: float) -> tuple[Limiting, Held]:
     spec = replace(SPEC, initial_limit=2, min_limit=2, **settings)  # type: ignore[arg-type]
-    layer = Limiting("u", spec)
+    layer = Limiting("u", spec, lateness)
     inner = Held()
     layer.inner = inner
     return layer, inner
@@ -218,6 +265,38 @@ async def test_over_the_limit_requests_queue_in_order_up_to_max_queue_then_are_r
     inner.pending[3].set_result(response())
     assert [s.status for s in await asyncio.gather(*sends)] == [200] * 4
     assert layer.in_flight == 0
+
+
+async def test_full_says_a_request_now_would_be_refused_at_once() -> None:
+    layer, inner = limiter(max_queue=1, queue_timeout=60.0)
+    assert not layer.full
+    held = [asyncio.ensure_future(layer.send(REQUEST)) for _ in range(2)]
+    await until(lambda: inner.calls == 2, "the limit reached")
+    assert not layer.full  # one may still wait in the queue
+    waiting = asyncio.ensure_future(layer.send(REQUEST))
+    await until(lambda: len(layer._waiters) == 1, "queued")
+    assert layer.full
+    refusal = layer.refusal(None)
+    assert isinstance(refusal, UpstreamOverloaded) and refusal.summarised
+    assert "the queue is full" in str(refusal) and layer.stats().refused == 1
+    for future in inner.pending:
+        future.set_result(response())
+    await until(lambda: inner.calls == 3, "the waiter sent")
+    assert not layer.full
+    inner.pending[2].set_result(response())
+    await asyncio.gather(*held, waiting)
+
+
+async def test_a_sample_carries_the_loops_lateness_when_it_was_taken() -> None:
+    late = Late()
+    layer, inner = limiter(late)
+    first = asyncio.ensure_future(layer.send(REQUEST))
+    await until(lambda: inner.calls == 1, "sent")
+    late.lag = 0.5  # the worker fell behind while the request was out
+    inner.pending[0].set_result(response())
+    await first
+    gradient = layer._gradient
+    assert gradient is not None and gradient._late  # this window will be dropped
 
 
 async def test_a_request_that_waits_past_queue_timeout_is_refused_and_not_sent() -> None:

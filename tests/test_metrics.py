@@ -128,9 +128,7 @@ def test_counters_and_histograms_follow_real_traffic(
     assert value(samples, "process_resident_memory_bytes") > 0
 
 
-def test_several_workers_add_up(
-    make_gateway: Start, upstream: UpstreamServer, engine: str
-) -> None:
+def test_several_workers_add_up(make_gateway: Start, upstream: UpstreamServer, engine: str) -> None:
     admin = Admin()
     gateway = make_gateway(config(upstream, admin), workers=2, engine=engine)
     pids = workers_seen(admin, want=2)

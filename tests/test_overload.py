@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -166,6 +167,65 @@ def test_an_overloaded_upstream_is_admitted_its_capacity_and_the_rest_refused_at
     assert value(samples, "quartgate_upstream_concurrency_refused_total", upstream="slow") > 0
     assert "over its adaptive concurrency limit" in gateway.logs()
     # The load is gone: everything is answered again.
+    assert httpx.get(gateway.url + "/slow").status_code == 200
+
+
+ONE_AT_A_TIME = """
+[upstreams.slow]
+targets = ["{slow}"]
+
+[upstreams.slow.adaptive_concurrency]
+min_limit = 1
+initial_limit = 1
+max_limit = 1
+max_queue = 0
+
+[[routes]]
+name = "slow"
+path = "/slow"
+upstream = "slow"
+strip_prefix = true
+"""
+
+
+def test_a_request_over_a_full_limit_is_refused_before_its_body_is_read(
+    make_gateway: Start, backends: tuple[CapacityBackend, CapacityBackend]
+) -> None:
+    """With the limit reached and no queue, the refusal comes before anything of the request
+    is read or sent: a client that has sent only its head (a 100 kB body announced) gets
+    its 503 at once; the backend never sees it; the log has the limiter's line, not one per
+    refused request."""
+    slow, _ = backends
+    admin = Admin()
+    gateway = make_gateway(admin.section() + ONE_AT_A_TIME.format(slow=slow.url))
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        held: list[httpx.Response] = []
+        thread = threading.Thread(target=lambda: held.append(client.get("/slow?ms=3000")))
+        thread.start()
+        wait_until(lambda: slow.outstanding == 1, what="the one place taken")
+        assert limiter(admin, "slow")["in_flight"] == 1
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as raw:
+            raw.sendall(
+                b"POST /slow/orders HTTP/1.1\r\nhost: gateway\r\n"
+                b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n"
+            )
+            answer = b""
+            while b"}" not in answer:  # the whole JSON body, with no byte of ours sent
+                chunk = raw.recv(65536)
+                assert chunk, answer
+                answer += chunk
+        thread.join(30)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503"), answer
+    assert b"\r\nretry-after: 1" in head.lower()
+    assert json.loads(body)["error"] == "upstream_overloaded"
+    assert [r.status_code for r in held] == [200]
+    assert slow.served == 1 and slow.max_outstanding == 1  # the POST never reached it
+    logs = wait_until(
+        lambda: "over its adaptive concurrency limit of 1" in (text := gateway.logs()) and text,
+        what="the limiter's line",
+    )
+    assert "503 upstream_overloaded" not in logs  # no warning per refused request
     assert httpx.get(gateway.url + "/slow").status_code == 200
 
 

@@ -35,6 +35,15 @@ done about each here:
   is a request whose response head arrived on its first try; cancelled, refused and
   retried requests and health checks are not samples. A timeout is not a sample either,
   but it counts as a sign of overload: a window with one lowers the limit.
+
+And one that is a gateway's own: **the worker's lateness read as the upstream's.** A sample
+is timed by the worker's event loop, so when the worker itself is the bottleneck (its loop
+runs late: gateway/ops/loop_lag.py) every sample is longer by that lateness, and a limit
+lowered for it only starves the upstream (measured: at 5x a backend's capacity, one
+Hypercorn worker served 43% of it). A window in which the loop ran later than
+:func:`late_bound` (the lateness that alone could push a sample past ``tolerance``) says
+nothing about the upstream and changes nothing, save for a timeout in it; its samples do
+not count toward ``min_rtt`` either.
 """
 
 from __future__ import annotations
@@ -77,6 +86,14 @@ SMOOTH_UP = 0.2
 SMOOTH_DOWN = 0.5
 #: A timeout in a window multiplies the limit by this.
 ON_TIMEOUT = 0.9
+#: Loop lateness (s) under which a sample is always the upstream's (timer jitter, a GC).
+LATE_FLOOR = 0.005
+
+
+def late_bound(spec: AdaptiveConcurrencySpec, min_rtt: float) -> float:
+    """How late the worker's loop may run while a sample is still read as the upstream's:
+    the lateness that, added to ``min_rtt``, stays within ``tolerance`` of it."""
+    return max((spec.tolerance - 1.0) * min_rtt, LATE_FLOOR)
 
 
 class Gradient:
@@ -86,6 +103,7 @@ class Gradient:
     """
 
     __slots__ = (
+        "_late",
         "_low_count",
         "_low_min",
         "_max_used",
@@ -114,6 +132,8 @@ class Gradient:
         self._low_min = math.inf
         self._timeouts = 0
         self._max_used = 0
+        #: The latest loop lateness seen this window exceeded late_bound: a window to drop.
+        self._late = False
         self._window_end = now + spec.window
         # The first re-measure comes soon: a cold start under load measures a queue.
         self._next_remeasure = now + 8 * spec.window
@@ -129,10 +149,13 @@ class Gradient:
         if in_flight > self._max_used:
             self._max_used = in_flight
 
-    def sample(self, rtt: float, in_flight_at_start: int, now: float) -> None:
-        """A first try's response head arrived ``rtt`` s after it was admitted."""
+    def sample(self, rtt: float, in_flight_at_start: int, now: float, late: float = 0.0) -> None:
+        """A first try's response head arrived ``rtt`` s after it was admitted, while the
+        worker's loop ran ``late`` s late (its latest measure)."""
         self._samples.append(rtt)
-        if in_flight_at_start <= max(1, math.floor(self.limit) // 4):
+        if late > late_bound(self.spec, self.min_rtt):
+            self._late = True  # the window will say nothing about the upstream
+        elif in_flight_at_start <= max(1, math.floor(self.limit) // 4):
             self._low_count += 1
             if rtt < self._low_min:
                 self._low_min = rtt
@@ -148,6 +171,9 @@ class Gradient:
     def _close_window(self, now: float) -> None:
         spec = self.spec
         samples = self._samples
+        if self._late and not self._timeouts:
+            self._next_window(now)  # the worker's lateness, not the upstream's latency
+            return
         samples.sort()
         rtt = samples[len(samples) // 2]
         if now >= self._next_remeasure or self.probing:
@@ -166,10 +192,14 @@ class Gradient:
         else:
             limit += (target - limit) * SMOOTH_DOWN
         self.limit = min(float(spec.max_limit), max(float(spec.min_limit), limit))
-        samples.clear()
+        self._next_window(now)
+
+    def _next_window(self, now: float) -> None:
+        self._samples.clear()
         self._timeouts = 0
         self._max_used = 0
-        self._window_end = now + spec.window
+        self._late = False
+        self._window_end = now + self.spec.window
 
     def _remeasure(self, now: float) -> None:
         """Take min_rtt afresh from samples that met a short queue; probe for them when

@@ -77,7 +77,12 @@ class NoHealthyTarget(UpstreamError):
 
 
 class UpstreamOverloaded(UpstreamError):
-    """The upstream already has ``max_requests`` requests in flight."""
+    """The upstream already has ``max_requests`` requests in flight, or is over its adaptive
+    concurrency limit."""
+
+    #: True when the refusing layer logs its refusals itself (the adaptive limiter's line
+    #: once per 10 s with their count): then the request's own line is at debug.
+    summarised = False
 
 
 class RouteTimeout(UpstreamError):

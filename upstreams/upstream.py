@@ -10,7 +10,7 @@ from upstreams.balancer import make_balancer
 from upstreams.h2 import H2Sender
 from upstreams.health import HealthChecker
 from upstreams.layers.counts import Capping, Counting
-from upstreams.layers.limiting import Limiting
+from upstreams.layers.limiting import Lateness, Limiting
 from upstreams.layers.per_try import Breaking, TryTimeout
 from upstreams.layers.picking import Picker
 from upstreams.layers.retrying import Retrying
@@ -33,7 +33,7 @@ class Upstream:
     retries it took.
     """
 
-    def __init__(self, spec: UpstreamSpec) -> None:
+    def __init__(self, spec: UpstreamSpec, lateness: Lateness | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.senders: list[Sender] = [
@@ -58,7 +58,7 @@ class Upstream:
             )
         adaptive = spec.adaptive_concurrency
         #: The adaptive concurrency limiter, shared by the targets; None: not configured.
-        self.limiter = Limiting(spec.name, adaptive) if adaptive is not None else None
+        self.limiter = Limiting(spec.name, adaptive, lateness) if adaptive is not None else None
         self._sender = stack(
             self.limiter,
             Capping(spec.name, spec.max_requests) if spec.max_requests > 0 else None,

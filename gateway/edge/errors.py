@@ -36,6 +36,8 @@ class GatewayError(Exception):
         detail: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
         log_detail: str | None = None,
+        *,
+        quiet: bool = False,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -43,9 +45,11 @@ class GatewayError(Exception):
         self.detail = detail
         self.headers = list(headers)
         self.log_detail = log_detail if log_detail is not None else detail
+        if quiet:
+            self.quiet = True
 
     #: Logged at debug, not as a warning per request: a refusal whose episode is logged
-    #: once elsewhere (load shedding, gateway/ops/loop_lag.py).
+    #: once elsewhere (load shedding, gateway/ops/loop_lag.py; the adaptive limiter).
     quiet = False
 
 
@@ -86,7 +90,8 @@ def from_upstream(error: UpstreamError, upstream: str) -> GatewayError:
     if error.sent_to and error.sent_to not in logged:
         logged += f" (target {error.sent_to})"
     headers = [(b"retry-after", retry_after)] if retry_after is not None else []
-    return GatewayError(status, code, detail, headers, log_detail=logged)
+    quiet = isinstance(error, UpstreamOverloaded) and error.summarised
+    return GatewayError(status, code, detail, headers, log_detail=logged, quiet=quiet)
 
 
 def _upstream_status(error: UpstreamError) -> tuple[int, str, bytes | None]:

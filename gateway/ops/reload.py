@@ -104,7 +104,7 @@ class HotReload:
             problems = reload_problems(old.config, config)
             if problems:
                 raise ConfigError(problems)
-            state = build_state(config, old.observers)
+            state = build_state(config, old.observers, old.loop_lag)
             apply_control(state, self._control)
             state.start()
             self._proxy.state = state

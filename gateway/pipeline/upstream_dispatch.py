@@ -66,6 +66,10 @@ class UpstreamDispatch:
         connection = head.connection
         if connection is not None and b"upgrade" in connection.lower():
             check_upgrade(scope, runtime.route.name)
+        limiter = upstream.limiter
+        if limiter is not None and limiter.full:  # refused before anything is copied or read
+            ctx.upstream = upstream.name
+            raise from_upstream(limiter.refusal(runtime.retry), upstream.name)
         # -- headers ---------------------------------------------------------------------
         drop = FORWARD_DROP | connection_tokens(connection) if connection else FORWARD_DROP
         request_id_header = self._id_header

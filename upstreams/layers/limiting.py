@@ -18,17 +18,26 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from upstreams.concurrency import AdaptiveConcurrencySpec, Gradient
 from upstreams.errors import UpstreamOverloaded, UpstreamTimeout
 from upstreams.layers.counts import release_on_close
 from upstreams.messages import UpstreamRequest, UpstreamResponse
+from upstreams.retry import RetryPolicy
 from upstreams.sender import Sends
 
 log = logging.getLogger("quartgate.upstreams")
 
 #: Refusals are logged once per this many seconds per upstream, with their count.
 LOG_EVERY = 10.0
+
+
+class Lateness(Protocol):
+    """How late the worker's event loop runs, in seconds (gateway/ops/loop_lag.py)."""
+
+    @property
+    def lag(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +55,7 @@ class LimiterStats:
 class Limiting:
     __slots__ = (
         "_gradient",
+        "_lateness",
         "_logged_at",
         "_loop",
         "_name",
@@ -59,9 +69,13 @@ class Limiting:
 
     inner: Sends
 
-    def __init__(self, name: str, spec: AdaptiveConcurrencySpec) -> None:
+    def __init__(
+        self, name: str, spec: AdaptiveConcurrencySpec, lateness: Lateness | None = None
+    ) -> None:
         self._name = name
         self.spec = spec
+        #: The worker's loop lateness, which no sample is blamed on the upstream for.
+        self._lateness = lateness
         self._gradient: Gradient | None = None  # made in the serving loop, on first use
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -71,6 +85,23 @@ class Limiting:
         self.refused = 0
         self._logged_at = -LOG_EVERY
         self._unlogged = 0
+
+    @property
+    def full(self) -> bool:
+        """A request now would be refused at once: the limit reached and the queue full.
+
+        Read before a request is built (gateway/pipeline/upstream_dispatch.py), so that such
+        a refusal costs neither a copy of its headers nor a read of its body."""
+        waiters = len(self._waiters)
+        if waiters < self.spec.max_queue:
+            return False
+        gradient = self._gradient
+        limit = gradient.admit_limit if gradient is not None else self.spec.initial_limit
+        return waiters > 0 or self.in_flight >= limit
+
+    def refusal(self, policy: RetryPolicy | None) -> UpstreamOverloaded:
+        """The refusal of a request that :attr:`full` turned away, counted and logged."""
+        return self._refusal(policy, "the queue is full")
 
     def stats(self) -> LimiterStats:
         gradient = self._gradient
@@ -108,7 +139,9 @@ class Limiting:
             raise
         if response.retries == 0:
             now = loop.time()
-            gradient.sample(now - began, started_with, now)
+            lateness = self._lateness
+            late = lateness.lag if lateness is not None else 0.0
+            gradient.sample(now - began, started_with, now, late)
             if self._waiters:
                 self._wake()  # the window may have raised the limit
         release_on_close(response, self)
@@ -123,7 +156,7 @@ class Limiting:
     async def _wait(self, request: UpstreamRequest) -> None:
         """Wait in line for a place; the waker counts it in ``in_flight`` for us."""
         if len(self._waiters) >= self.spec.max_queue:
-            self._refuse(request, "the queue is full")
+            raise self._refusal(request.policy, "the queue is full")
         loop = self._loop
         assert loop is not None
         waiter: asyncio.Future[None] = loop.create_future()
@@ -139,7 +172,9 @@ class Limiting:
                 self._discard(waiter)
             if isinstance(error, TimeoutError):
                 wait = self.spec.queue_timeout
-                self._refuse(request, f"no place within queue_timeout {wait:g}s")
+                raise self._refusal(
+                    request.policy, f"no place within queue_timeout {wait:g}s"
+                ) from None
             raise
 
     def _release(self) -> None:
@@ -164,9 +199,8 @@ class Limiting:
         with contextlib.suppress(ValueError):  # already taken off by _wake
             self._waiters.remove(waiter)
 
-    def _refuse(self, request: UpstreamRequest, why: str) -> None:
+    def _refusal(self, policy: RetryPolicy | None, why: str) -> UpstreamOverloaded:
         self.refused += 1
-        policy = request.policy
         if policy is not None and policy.budget is not None:
             # As with max_requests: a refused request still counts in its route's budget.
             policy.budget.request(self._loop.time() if self._loop else 0.0)
@@ -186,6 +220,8 @@ class Limiting:
             )
             self._logged_at = now
             self._unlogged = 0
-        raise UpstreamOverloaded(
+        refusal = UpstreamOverloaded(
             f"upstream {self._name!r} is over its adaptive concurrency limit of {limit} ({why})"
         )
+        refusal.summarised = True  # by the line above, once per LOG_EVERY
+        return refusal
