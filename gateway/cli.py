@@ -177,7 +177,12 @@ def _serve(args: argparse.Namespace, environment: Environment) -> int:
         server = load_server_config(
             server_path, bind=args.bind, workers=args.workers, engine=engine
         )
+        # Where each address came from, for the one line that says it is taken.
+        public = "--bind" if args.bind else f"{server_path}: bind" if server_path else "bind"
+        origins = dict.fromkeys(server.bind, public)
         add_admin_bind(config, server)
+        if config.observability.admin is not None:
+            origins[config.observability.admin.bind] = f"{config_path}: admin.bind"
         if args.pid_file:
             server.pid_path = args.pid_file
     except ConfigError as error:
@@ -188,7 +193,7 @@ def _serve(args: argparse.Namespace, environment: Environment) -> int:
     with shared_runtime(server.workers, environment.metrics_dir) as runtime_dir:
         worker = Environment(str(config_path), engine, runtime_dir, environment.variables)
         # drain on SIGTERM, reload on SIGHUP (gateway/server/supervisor.py)
-        return serve(server, worker, gateway=config, server_file=server_path or "hypercorn.toml")
+        return serve(server, worker, gateway=config, bind_origins=origins)
 
 
 if __name__ == "__main__":

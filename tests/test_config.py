@@ -119,9 +119,54 @@ def test_bool_is_not_an_integer() -> None:
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
     found = problems_of("[upstreams\n", tmp_path)
-    assert found[0].startswith(f"{tmp_path / 'bad.toml'}: -: invalid TOML")
-    with pytest.raises(ConfigError, match="cannot read file"):
+    assert found == [
+        f"{tmp_path / 'bad.toml'}: line 1, column 11: "
+        "invalid TOML: expected ']' at the end of a table declaration"
+    ]
+    with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "absent.toml")
+    assert (
+        str(info.value)
+        == f"{tmp_path / 'absent.toml'}: cannot read file: No such file or directory"
+    )
+
+
+UNCLOSED = """\
+[upstreams.api]
+targets = ["http://10.0.0.5:8080",
+           "http://10.0.0.6:8080"
+
+[[routes]]
+path = "/api"
+upstream = "api"
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # tomllib stops at the next table, four lines below: the open array's line is named.
+        (
+            UNCLOSED,
+            "line 2: invalid TOML: the array begun here is not closed "
+            "(the parser stopped at line 5, column 1: unclosed array)",
+        ),
+        (
+            'a = ["x",\n  "y"',
+            "line 1: invalid TOML: the array begun here is not closed "
+            "(the parser stopped at end of file: ",
+        ),
+        # A wrong value inside an array that is closed later is the value's fault.
+        ('a = [\n  "x",\n  nope,\n]\n', "line 3, column 3: invalid TOML: invalid value"),
+        # Brackets inside strings and comments, and table headers, are no arrays.
+        ('a = "[" # [\n[t]\nb = ["]",\nc = 1\n', "line 3: invalid TOML: the array begun here"),
+    ],
+)
+def test_a_toml_syntax_error_names_the_line_of_the_mistake(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    (found,) = problems_of(text, tmp_path)
+    assert found.startswith(f"{tmp_path / 'bad.toml'}: {expected}"), found
 
 
 def test_routes_required() -> None:

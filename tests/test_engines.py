@@ -146,3 +146,20 @@ def test_a_parser_refusal_leaves_a_log_line(start: Start) -> None:
     while "400" not in gateway.logs():
         assert time.monotonic() < deadline, gateway.logs()
         time.sleep(0.05)
+
+
+def test_the_status_line_carries_the_reason_phrase(start: Start) -> None:
+    """``HTTP/1.1 200 OK``, as nginx and Envoy write it; Hypercorn alone wrote
+    ``HTTP/1.1 200 `` (gateway/server/hypercorn_patches.py), its own refusals included."""
+    gateway = start("keep_alive_timeout = 5.0\n")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=WAIT) as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nhost: gw\r\n\r\n")
+        ok = read_head(sock)
+        sock.sendall(b"GET /b HTTP/1.1\r\nhost: gw\r\nhost: other\r\n\r\n")  # two Hosts
+        refused = read_head(sock)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=WAIT) as sock:
+        sock.sendall(b"GET /c HTTP/1.1\r\nhost: gw\r\nbad header\r\n\r\n")  # the parser's
+        parser = closed_within(sock, WAIT)
+    assert ok.split(b"\r\n")[0] == b"HTTP/1.1 200 OK", ok
+    assert refused.split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request", refused
+    assert parser is not None and parser.split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"

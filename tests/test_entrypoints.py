@@ -183,9 +183,24 @@ def test_serve_says_a_taken_port_in_one_line(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = run_cli("serve", "-c", str(config), "--bind", f"127.0.0.1:{port}")
+        # Two addresses, one taken: the one taken is named, and where it was set.
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            other = free.getsockname()[1]
+        both = run_cli(
+            "serve",
+            "-c",
+            str(config),
+            "--bind",
+            f"127.0.0.1:{other}",
+            "--bind",
+            f"127.0.0.1:{port}",
+        )
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"hypercorn.toml: bind: cannot listen on 127.0.0.1:{port}: ")
+    assert line == f"--bind: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert both.returncode == 1
+    assert both.stderr.splitlines() == [line]  # the free one is not listed
 
 
 # ---- the Hypercorn workarounds are checked, not assumed ---------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, free_port
 from tests.support.observability import wait_until
 
 ROUTES = """
@@ -50,3 +50,59 @@ def test_without_an_access_log_4xx_still_leave_a_line(
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         assert client.get("/nowhere").status_code == 404
     wait_until(lambda: "route_not_found" in gateway.logs(), what="the 404 in the error log")
+
+
+LOGGED = (
+    """
+[logging]
+level = "{level}"
+format = "{format}"
+
+[admin]
+bind = "127.0.0.1:{admin_port}"
+"""
+    + ROUTES
+)
+
+
+def test_logging_sets_the_error_logs_level_and_json_format(
+    make_gateway: Callable[..., GatewayProcess], engine: str
+) -> None:
+    """``[logging] format = "json"``: every line a worker writes, Hypercorn's own included,
+    is one JSON object; ``level = "warning"`` leaves the INFO lines out."""
+    gateway = make_gateway(
+        LOGGED.format(level="warning", format="json", admin_port=free_port()), engine=engine
+    )
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        response = client.get("/api/x")
+    assert response.status_code == 502
+    text = wait_until(
+        lambda: "upstream_unreachable" in (t := gateway.logs()) and t, what="the 502's line"
+    )
+    entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert {e["level"] for e in entries} <= {"WARNING", "ERROR"}, entries
+    (entry,) = [e for e in entries if "upstream_unreachable" in e["message"]]
+    assert entry["request_id"] == response.headers["x-request-id"]
+    assert entry["logger"] == "quartgate" and isinstance(entry["pid"], int)
+    assert entry["time"].endswith("Z") and "T" in entry["time"]
+    assert "Running on" not in text  # an INFO line
+
+
+def test_each_listener_is_named_for_what_it_serves(
+    make_gateway: Callable[..., GatewayProcess], engine: str
+) -> None:
+    """One line per listener: the public one says the engine, the admin one says it is
+    the admin listener (they read alike: Hypercorn logs "Running on" for every bind)."""
+    admin_port = free_port()
+    gateway = make_gateway(
+        LOGGED.format(level="info", format="text", admin_port=admin_port), engine=engine
+    )
+    text = wait_until(
+        lambda: "Admin listener on" in (t := gateway.logs()) and "Running on" in t and t,
+        what="the listener lines",
+    )
+    public = f"Running on http://127.0.0.1:{gateway.port} ({engine} engine, pid "
+    admin = f"Admin listener on http://127.0.0.1:{admin_port} (probes, /metrics, admin API"
+    assert text.count(public) == 1 and text.count(admin) == 1, text
+    assert text.count("Running on") == 1 and "CTRL + C" not in text
+    assert " INFO quartgate [-] Running on" in text  # Hypercorn's line in quartgate's format

@@ -19,7 +19,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.config.model import GatewayConfig
-from gateway.config.problems import SUGGESTIONS, ConfigError, Loc, Problem, key_of, reasons
+from gateway.config.problems import (
+    SUGGESTIONS,
+    ConfigError,
+    Loc,
+    Problem,
+    key_of,
+    reasons,
+    toml_problem,
+)
 from gateway.config.references import check_references
 from gateway.config.schema import DERIVED, DOCUMENT, GROUPS
 
@@ -37,17 +45,26 @@ def load_config(
     ``deferred``: when given, a secret missing from ``environ`` is no error but a problem
     appended there (``quartgate check`` in CI); the config then holds an empty secret."""
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError([Problem(file, "-", f"cannot read file: {error.strerror}")]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError([Problem(file, "-", f"invalid TOML: {error}")]) from None
+    text, data = read_toml(path)
     config = parse_config(data, file, environ=environ, deferred=deferred)
     version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return dataclasses.replace(config, version=version)
+
+
+def read_toml(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """A TOML file's text and document; :class:`ConfigError` when it cannot be read or
+    parsed, naming the line (``file: line 2: invalid TOML: ...``)."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([Problem(file, "", f"cannot read file: {error.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(file, "", "cannot read file: not UTF-8 text")]) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([toml_problem(file, text, error)]) from None
 
 
 def parse_config(

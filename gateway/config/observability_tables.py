@@ -15,11 +15,14 @@ from gateway.config.problems import Invalid
 from gateway.config.tables import annotated, table
 from gateway.observability.sections import (
     ACCESS_LOG_FORMATS,
+    LOG_FORMATS,
+    LOG_LEVELS,
     OTEL_MISSING,
     READINESS,
     TRACING_EXPORTERS,
     AccessLogSettings,
     AdminSettings,
+    LoggingSettings,
     MetricsSettings,
     TracingSettings,
 )
@@ -89,6 +92,9 @@ ADMIN = annotated(
         build=dict,
     ),
     AfterValidator(_admin),
+)
+LOGGING = table(
+    LoggingSettings, checks={"level": one_of(LOG_LEVELS), "format": one_of(LOG_FORMATS)}
 )
 METRICS = table(
     MetricsSettings, fields={"buckets": Annotated[tuple[Any, ...], AfterValidator(_buckets)]}

@@ -10,6 +10,7 @@ declare raises :class:`Invalid`, which may name several reasons at keys below it
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
+        if not self.key:  # the file as a whole (it cannot be read)
+            return f"{self.file}: {self.reason}"
         return f"{self.file}: {self.key}: {self.reason}"
 
 
@@ -60,7 +63,7 @@ def key_of(loc: Loc) -> str:
             out += f"[{part}]"
         else:
             out += f".{part}" if out else part
-    return out or "-"
+    return out
 
 
 #: Unknown key -> the known key of its table it most resembles, as the tables being
@@ -131,3 +134,74 @@ def kind_of(value: Any) -> str:
         tuple: "an array",
         dict: "a table",
     }.get(type(value), type(value).__name__)
+
+
+# ---- TOML syntax errors ------------------------------------------------------------------
+
+_AT = re.compile(
+    r"^(?P<what>.*?) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$"
+)
+_NEW_ENTRY = re.compile(r"""^\s*(\[\[?\s*[\w."' -]+\]\]?\s*(#.*)?$|[\w."'-]+\s*=)""")
+
+
+def toml_problem(file: str, text: str, error: Exception) -> Problem:
+    """A TOML syntax error as ``file: line L, column C: invalid TOML: reason``.
+
+    tomllib says where it stopped, which for an array left open is where the next table or
+    key begins, lines below the mistake: then the line that opened the array is named.
+    """
+    match = _AT.match(str(error))
+    if match is None:
+        return Problem(file, "", f"invalid TOML: {error}")
+    what = match["what"][:1].lower() + match["what"][1:]
+    if match["line"] is None:
+        line = len(text.splitlines()) + 1  # past the last line: every array open is unclosed
+        where = "end of file"
+    else:
+        line = int(match["line"])
+        where = f"line {line}, column {match['column']}"
+    opened = _open_array(text, line)
+    if opened is not None:
+        stopped = f"the parser stopped at {where}: {what}"
+        reason = f"invalid TOML: the array begun here is not closed ({stopped})"
+        return Problem(file, f"line {opened}", reason)
+    return Problem(file, where, f"invalid TOML: {what}")
+
+
+def _open_array(text: str, line: int) -> int | None:
+    """The line of the innermost array still open where the parser stopped, when what it
+    stopped at is the start of a new table or key, or the end of the file (what an array
+    cannot hold); None otherwise (a wrong value inside an array is the value's fault)."""
+    lines = text.splitlines()
+    if line <= len(lines) and not _NEW_ENTRY.match(lines[line - 1]):
+        return None
+    opened: list[int] = []
+    quote = ""
+    for number, content in enumerate(lines[: line - 1], start=1):
+        index = 0
+        if not quote and not opened and content.lstrip().startswith("["):
+            continue  # a table header
+        while index < len(content):
+            char = content[index]
+            if quote:
+                if content.startswith(quote, index):
+                    quote, index = "", index + len(quote)
+                    continue
+                index += 2 if char == "\\" and quote[0] == '"' else 1
+                continue
+            if char == "#":
+                break
+            for delimiter in ('"""', "'''", '"', "'"):
+                if content.startswith(delimiter, index):
+                    quote = delimiter
+                    index += len(delimiter)
+                    break
+            else:
+                if char == "[":
+                    opened.append(number)
+                elif char == "]" and opened:
+                    opened.pop()
+                index += 1
+        if quote in ('"', "'"):
+            quote = ""  # a one-line string ends with its line
+    return opened[-1] if opened else None

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, TypeAdapter
 
 from gateway.config.checks import header_name, one_of
 from gateway.config.model import ENGINES, GatewayConfig, GatewaySettings, Network, ServerSettings
-from gateway.config.observability_tables import ACCESS_LOG, ADMIN, METRICS, TRACING
+from gateway.config.observability_tables import ACCESS_LOG, ADMIN, LOGGING, METRICS, TRACING
 from gateway.config.problems import Invalid
 from gateway.config.route_tables import ROUTES
 from gateway.config.shared_tables import CONSUMERS, JWT_PROVIDERS, REDIS
@@ -83,6 +83,7 @@ DOCUMENT: TypeAdapter[dict[str, Any]] = TypeAdapter(
             **fields_of(
                 ObservabilitySettings,
                 fields={
+                    "logging": LOGGING,
                     "admin": ADMIN | None,
                     "metrics": METRICS,
                     "access_log": ACCESS_LOG | None,

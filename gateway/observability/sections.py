@@ -17,6 +17,9 @@ DEFAULT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 ACCESS_LOG_FORMATS = ("json", "text")
+#: ``[logging]``: the error log's level and line format.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 TRACING_EXPORTERS = ("otlp", "console", "none")
 
 
@@ -86,7 +89,18 @@ class TracingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """``[logging]``: the error log (standard error): quartgate's lines and the server's."""
+
+    #: The least severe level written: "debug", "info", "warning" or "error".
+    level: str = "info"
+    #: "text" (one human-readable line) or "json" (one JSON object per line).
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
 class ObservabilitySettings:
+    logging: LoggingSettings = LoggingSettings()
     admin: AdminSettings | None = None
     metrics: MetricsSettings = MetricsSettings()
     access_log: AccessLogSettings | None = None

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, GatewayConfig, Problem, load_config
+from gateway.logs import apply_logging
 from gateway.observability.targets import apply_control
 from gateway.server.limits import ServerLimits
 from gateway.state import build_state
@@ -105,6 +106,7 @@ class HotReload:
             if problems:
                 raise ConfigError(problems)
             state = build_state(config, old.observers, old.loop_lag)
+            apply_logging(config.observability.logging)
             apply_control(state, self._control)
             state.start()
             self._proxy.state = state

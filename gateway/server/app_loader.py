@@ -36,6 +36,7 @@ def build_app(environment: Environment, limits: ServerLimits | None = None) -> Q
     """
     configure_logging()
     config = load_config(environment.config_path, environ=environment.variables)
+    configure_logging(config.observability.logging)
     app = create_app(
         config,
         runtime_dir=environment.runtime_dir,
@@ -45,6 +46,12 @@ def build_app(environment: Environment, limits: ServerLimits | None = None) -> Q
     )
     tune_gc()  # after the app is built: what exists now lives as long as the worker
     return app
+
+
+def admin_bind(app: Quart) -> str | None:
+    """The ``[admin] bind`` of the app's config (to tell its listener apart in the log)."""
+    admin = app.extensions["quartgate"].state.config.observability.admin
+    return admin.bind if admin is not None else None
 
 
 # ---- process-wide tuning of a serving worker -----------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 from hypercorn.config import Config, Sockets
 
 from gateway.environment import Environment
+from gateway.logs import hypercorn_error_log
 from gateway.server import (
     accept_pump,
     hypercorn_patches,
@@ -26,7 +27,7 @@ from gateway.server import (
     private_names,
     protocol_guard,
 )
-from gateway.server.app_loader import build_app
+from gateway.server.app_loader import admin_bind, build_app
 from gateway.server.drain import going_away, on_stop_signals, stop_accepting, wait_quiet
 from gateway.server.limits import ServerLimits
 
@@ -55,6 +56,8 @@ def run_worker(
 
     limits = install()  # before anything is served: fail loudly, not half-patched
     quart = build_app(dataclasses.replace(environment, engine="hypercorn"), limits)
+    if config.errorlog == "-":  # Hypercorn's lines in quartgate's format, reworded
+        config.errorlog = hypercorn_error_log(admin_bind(quart))
     app: Any = ASGIWrapper(quart)
     if sockets is None:
         sockets = config.create_sockets()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 
@@ -21,6 +22,7 @@ def apply() -> None:
     """Install the workarounds (once per process; the engine checked the names first)."""
     close_dead_connections()
     drop_body_nobody_reads()
+    status_line_reasons()
 
 
 def close_dead_connections() -> None:
@@ -127,6 +129,44 @@ def drop_body_nobody_reads() -> None:
 
     setattr(group, "spawn_app", spawn_app)  # noqa: B010 (a patch, deliberately)
     setattr(group, "_quartgate", True)  # noqa: B010
+
+
+#: The reason phrase of each status (RFC 9110's), for the HTTP/1.1 status line.
+REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
+def status_line_reasons() -> None:
+    """Send the reason phrase in an HTTP/1.1 status line (``HTTP/1.1 200 OK``).
+
+    Hypercorn 0.18 builds h11's ``Response`` without one, so every response starts
+    ``HTTP/1.1 200 `` (valid: RFC 9112 lets the phrase be empty, and clients must ignore
+    it), but nginx, Envoy, uvicorn and every tool an operator compares with write one, and
+    some scripts and old clients match on it. This is Hypercorn's ``stream_send`` for a
+    final response head, with the phrase; everything else is Hypercorn's.
+    """
+    import h11
+    from hypercorn.protocol.events import Response
+    from hypercorn.protocol.h11 import H11Protocol
+
+    if getattr(H11Protocol, "_quartgate_reasons", False):
+        return
+    stream_send = H11Protocol.stream_send
+
+    async def send_with_reason(self: Any, event: Any) -> None:
+        if type(event) is not Response or event.status_code < 200:
+            await stream_send(self, event)
+            return
+        headers = [*event.headers, *self.config.response_headers("h11")]
+        if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+            headers.append((b"connection", b"close"))
+        status = event.status_code
+        response = h11.Response(
+            headers=headers, status_code=status, reason=REASONS.get(status, b"")
+        )
+        await self._send_h11_event(response)
+
+    setattr(H11Protocol, "stream_send", send_with_reason)  # noqa: B010 (a patch, deliberately)
+    setattr(H11Protocol, "_quartgate_reasons", True)  # noqa: B010
 
 
 def busy_connections() -> int:

@@ -9,13 +9,13 @@ error, and so is a key the chosen engine would not honour (:data:`UVICORN_KEYS`)
 from __future__ import annotations
 
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from hypercorn.config import Config
 
 from gateway.config import ConfigError, Problem
+from gateway.config.loader import read_toml
 
 #: What quartgate chooses where Hypercorn's defaults do not suit a gateway; each is
 #: explained in docs/server.md. A hypercorn.toml overrides them.
@@ -96,12 +96,7 @@ def load_server_config(
     settings = dict(DEFAULTS)
     if path is not None:
         file = str(path)
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as error:
-            raise ConfigError([Problem(file, "-", f"cannot read file: {error.strerror}")]) from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError([Problem(file, "-", f"invalid TOML: {error}")]) from None
+        data = read_toml(path)[1]
         problems = [
             Problem(file, key, "not a Hypercorn setting")
             for key in data

@@ -41,6 +41,8 @@ NAMES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("hypercorn.asyncio.task_group", "TaskGroup.spawn"),
         ("hypercorn.asyncio.task_group", "TaskGroup._loop"),
         ("hypercorn.asyncio.task_group", "_handle"),
+        ("hypercorn.protocol.h11", "H11Protocol.stream_send"),
+        ("hypercorn.protocol.h11", "H11Protocol.keep_alive_requests"),
         # gateway/server/protocol_guard.py: HTTP/1.1 (h11) and HTTP/2 (h2) rules
         ("h11._readers", "_obsolete_line_fold"),
         ("h11._readers", "_decode_header_lines"),

@@ -41,6 +41,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any, Final
 
 from gateway.edge.errors import error_body
@@ -122,7 +123,9 @@ def _patch_h11_protocol(cls: Any) -> None:
             refusal.code,
         )
         headers = [*headers_for(body), *self.config.response_headers("h11")]
-        await self._send_h11_event(h11.Response(status_code=refusal.status, headers=headers))
+        reason = HTTPStatus(refusal.status).phrase.encode("ascii")
+        response = h11.Response(status_code=refusal.status, headers=headers, reason=reason)
+        await self._send_h11_event(response)
         await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
 

@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Mapping
@@ -47,7 +48,7 @@ def serve(
     environment: Environment,
     *,
     gateway: GatewayConfig | None = None,
-    server_file: str = "hypercorn.toml",
+    bind_origins: Mapping[str, str] | None = None,
 ) -> int:
     """Serve the gateway ``environment`` describes (its config file, engine and runtime
     directory) with ``config.workers`` processes.
@@ -55,6 +56,8 @@ def serve(
     0 or 1 worker: served in this process. ``gateway`` is the config the workers start
     with (the master checks reloads against it); the runtime directory is the workers'
     shared one, where the master counts the reloads it refuses or passes on.
+    ``bind_origins``: where each bind was set (``--bind``, ``hypercorn.toml: bind``), for
+    the one line that says which address cannot be listened on.
     """
     # A reload request during start-up must not kill the server (SIGHUP's default action);
     # the reload handler replaces this once the app is serving.
@@ -62,8 +65,10 @@ def serve(
     try:
         sockets = config.create_sockets()
     except OSError as error:
-        binds = ", ".join(config.bind)
-        print(f"{server_file}: bind: cannot listen on {binds}: {error.strerror}", file=sys.stderr)
+        origins = bind_origins or {}
+        for bind, reason in unavailable(config.bind) or [(", ".join(config.bind), error)]:
+            where = origins.get(bind, "bind")
+            print(f"{where}: cannot listen on {bind}: {reason.strerror}", file=sys.stderr)
         return 1
     if config.pid_path is not None:
         with open(config.pid_path, "w") as file:
@@ -75,6 +80,25 @@ def serve(
     finally:
         if config.pid_path is not None and os.path.exists(config.pid_path):
             os.unlink(config.pid_path)
+
+
+def unavailable(binds: list[str]) -> list[tuple[str, OSError]]:
+    """The TCP binds (``HOST:PORT``) that cannot be listened on now, each with its error:
+    tried one by one as Hypercorn binds them, each closed at once."""
+    failed = []
+    for bind in binds:
+        host, _, port = bind.rpartition(":")
+        host = host.strip("[]")
+        if not port.isdigit() or bind.startswith(("unix:", "fd://")):
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, int(port)))
+            except OSError as error:
+                failed.append((bind, error))
+    return failed
 
 
 def reload_command(
@@ -214,7 +238,7 @@ class _Supervisor:
     def run(self) -> int:
         from gateway.logs import configure_logging
 
-        configure_logging()
+        configure_logging(self.running.observability.logging if self.running else None)
         config = self.config
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import socket
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
@@ -34,8 +33,9 @@ import uvicorn
 from hypercorn.config import Config, Sockets
 
 from gateway.environment import Environment
+from gateway.logs import listener_line
 from gateway.server import accept_pump, private_names
-from gateway.server.app_loader import build_app
+from gateway.server.app_loader import admin_bind, build_app
 from gateway.server.drain import going_away, on_stop_signals, stop_accepting, wait_quiet
 from gateway.server.limits import ServerLimits
 from gateway.server.uvicorn_http import ConnectionLimits, HttpProtocol
@@ -66,9 +66,10 @@ class UvicornServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        admin = admin_bind(self.config.app)  # type: ignore[arg-type]  # our Quart app
         for sock in sockets or []:  # the line Hypercorn logs for each bind, once serving
             host, port = sock.getsockname()[:2]
-            log.info("Running on http://%s:%d (uvicorn engine, pid %d)", host, port, os.getpid())
+            log.info("%s", listener_line(f"http://{host}:{port}", "uvicorn", admin))
 
 
 def run_worker(
