@@ -97,8 +97,8 @@ upstream = "a"
         "routes[0].path: must start with '/'",
         "routes[0].upstream: names unknown upstream 'missing'",
         "routes[0].methods: unknown method(s) FETCH",
-        "routes[2].name: duplicate route name (also routes[1])",
-        "routes[2]: duplicate route: same host, path and methods as routes[1]",
+        'routes[2] "dup".name: duplicate route name (also routes[1])',
+        'routes[2] "dup": duplicate route: same host, path and methods as routes[1]',
     ):
         assert expected in found, f"missing {expected!r} in:\n{found}"
 

@@ -149,14 +149,14 @@ limit = 1
 backend = "redis"
 """
     expected = [
-        "gw.toml: routes[0].upstream: names unknown upstream 'nowhere'",
-        "gw.toml: routes[0].auth.jwt: names unknown [jwt_providers.idp]",
-        "gw.toml: routes[0].auth.api_key: no [consumers.*] has an api_key_sha256",
-        "gw.toml: routes[1].name: duplicate route name (also routes[0])",
-        "gw.toml: routes[1]: duplicate route: same host, path and methods as routes[0]",
-        "gw.toml: routes[1].auth.api_key: no [consumers.*] has an api_key_sha256",
-        "gw.toml: routes[1].auth.allow[2]: 'mallory' is no consumer or group",
-        "gw.toml: routes[1].rate_limit.backend: 'redis' needs a [redis] section",
+        "gw.toml: routes[0] \"a\".upstream: names unknown upstream 'nowhere'",
+        'gw.toml: routes[0] "a".auth.jwt: names unknown [jwt_providers.idp]',
+        'gw.toml: routes[0] "a".auth.api_key: no [consumers.*] has an api_key_sha256',
+        'gw.toml: routes[1] "a".name: duplicate route name (also routes[0])',
+        'gw.toml: routes[1] "a": duplicate route: same host, path and methods as routes[0]',
+        'gw.toml: routes[1] "a".auth.api_key: no [consumers.*] has an api_key_sha256',
+        "gw.toml: routes[1] \"a\".auth.allow[2]: 'mallory' is no consumer or group",
+        "gw.toml: routes[1] \"a\".rate_limit.backend: 'redis' needs a [redis] section",
     ]
     assert problems(tomllib.loads(text)) == expected
     # The same, from the module itself, on the document as written (arrays as tuples).

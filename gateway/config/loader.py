@@ -91,7 +91,7 @@ def parse_config(
     if not found and not values["routes"]:
         found.append((("routes",), "at least one [[routes]] entry is required"))
     if found:
-        raise ConfigError([Problem(file, key_of(loc), reason) for loc, reason in found])
+        raise ConfigError([Problem(file, key_of(loc, document), reason) for loc, reason in found])
     if deferred is not None and secrets:
         deferred += [Problem(file, "admin.token_env", reason) for reason in secrets]
     routes = values["routes"]

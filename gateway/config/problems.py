@@ -55,14 +55,21 @@ class Invalid(ValueError):
         return cls((loc, reason))
 
 
-def key_of(loc: Loc) -> str:
-    """``("routes", 0, "path")`` -> ``routes[0].path``."""
+def key_of(loc: Loc, document: Any = None) -> str:
+    """``("routes", 0, "path")`` -> ``routes[0].path``; with the ``document`` the location
+    is in, an array entry that has a name says it: ``routes[0] "orders".path``."""
     out = ""
+    value = document
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+            value = value[part] if isinstance(value, list | tuple) and part < len(value) else None
+            name = value.get("name") if isinstance(value, dict) else None
+            if isinstance(name, str) and name:
+                out += f' "{name}"'
         else:
             out += f".{part}" if out else part
+            value = value.get(part) if isinstance(value, dict) else None
     return out
 
 
