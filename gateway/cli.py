@@ -139,7 +139,7 @@ def route_table(config: GatewayConfig) -> str:
 
 
 def _target(target: TargetSpec) -> str:
-    return target.url if target.weight == 1 else f"{target.url} [weight {target.weight}]"
+    return target.location if target.weight == 1 else f"{target.location} [weight {target.weight}]"
 
 
 def _policies(config: GatewayConfig, spec: RouteSpec) -> str:

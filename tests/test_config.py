@@ -67,7 +67,7 @@ def test_unknown_keys_are_errors_with_full_key_path(tmp_path: Path) -> None:
 def test_all_problems_reported_at_once(tmp_path: Path) -> None:
     text = """
 [upstreams.a]
-targets = ["ftp://x", "http://h:99999", "http://h/path", 7]
+targets = ["ftp://x", "http://h:99999", "http://h/path?q=1", 7]
 max_connections = "many"
 read_timeout = -1
 
@@ -90,7 +90,7 @@ upstream = "a"
     for expected in (
         "upstreams.a.targets[0]: 'ftp://x' is not a valid URL: scheme must be http or https",
         "upstreams.a.targets[1]: 'http://h:99999' is not a valid URL",
-        "upstreams.a.targets[2]: 'http://h/path': a target is scheme://host[:port] only",
+        "upstreams.a.targets[2]: 'http://h/path?q=1': a target is scheme://host[:port][/path]",
         "upstreams.a.targets[3]: must be a URL string or a table, not an integer",
         "upstreams.a.max_connections: must be an integer, not a string",
         "upstreams.a.read_timeout: must be greater than 0",
@@ -167,6 +167,27 @@ def test_a_toml_syntax_error_names_the_line_of_the_mistake(
 ) -> None:
     (found,) = problems_of(text, tmp_path)
     assert found.startswith(f"{tmp_path / 'bad.toml'}: {expected}"), found
+
+
+def test_a_target_url_may_carry_a_path_of_url_characters() -> None:
+    def targets(*urls: str) -> dict[str, object]:
+        return {
+            "upstreams": {"u": {"targets": list(urls)}},
+            "routes": [{"path": "/", "upstream": "u"}],
+        }
+
+    config = parse_config(targets("http://h:81/v2/", "http://k/a%20b", "http://m/"), "f.toml")
+    paths = [t.path for t in config.upstreams["u"].targets]
+    assert paths == ["/v2", "/a%20b", ""]  # the trailing slash goes: /v2 + /users/7
+    assert config.upstreams["u"].targets[0].location == "http://h:81/v2"
+    assert config.upstreams["u"].targets[0].url == "http://h:81"  # the server, as before
+    for bad, reason in (
+        ("http://h/v2#x", "no query, fragment or user"),
+        ("http://u@h/v2", "no query, fragment or user"),
+        ("http://h/a b", "the path must be made of URL path characters"),
+    ):
+        with pytest.raises(ConfigError, match=reason):
+            parse_config(targets(bad), "f.toml")
 
 
 def test_routes_required() -> None:

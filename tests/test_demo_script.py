@@ -137,7 +137,11 @@ def test_a_signal_to_the_script_stops_both_children(tmp_path: Path, sig: signal.
             assert any("quartgate serve" in p for p in children), children
 
             os.kill(script.pid, sig)
-            returncode = script.wait(60)
+            try:
+                returncode = script.wait(60)
+            except subprocess.TimeoutExpired:  # say what was still running, and its log
+                left = live_in_session(script.pid)
+                pytest.fail(f"the demo did not stop within 60 s: {left}\n{log.read_text()}")
         finally:
             if script.poll() is None:
                 os.killpg(script.pid, signal.SIGKILL)

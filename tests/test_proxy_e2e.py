@@ -22,6 +22,9 @@ targets = ["{upstream}"]
 [upstreams.other]
 targets = ["{upstream}"]
 
+[upstreams.based]
+targets = ["{upstream}/svc/v2/"]
+
 [upstreams.hello]
 app = "hello_app:blueprint"
 """
@@ -42,6 +45,17 @@ name = "hello"
 path = "/hello"
 upstream = "hello"
 strip_prefix = true
+
+[[routes]]
+name = "based"
+path = "/based"
+upstream = "based"
+strip_prefix = true
+
+[[routes]]
+name = "based-whole"
+path = "/whole"
+upstream = "based"
 
 [[routes]]
 name = "rewritten"
@@ -99,6 +113,17 @@ async def test_prefix_rewrite_replaces_the_prefix_and_keeps_the_rest_as_sent(
     assert upstream_saw(await client.get("/v0/people/"))["target"] == "/v1/users/"
     seen = upstream_saw(await client.get("/v0/people/a%2Fb/c%20d"))
     assert seen["target"] == "/v1/users/a%2Fb/c%20d"  # percent-encoding passes as sent
+
+
+async def test_a_path_on_the_target_url_goes_before_the_requests(
+    client: httpx.AsyncClient,
+) -> None:
+    """Kong's service path: a target ``http://host:port/svc/v2/`` sends each request under
+    ``/svc/v2``, after the route's own strip or rewrite; query and %2F as sent."""
+    assert upstream_saw(await client.get("/based/users/7?x=1"))["target"] == "/svc/v2/users/7?x=1"
+    assert upstream_saw(await client.get("/based"))["target"] == "/svc/v2/"
+    seen = upstream_saw(await client.get("/whole/a%2Fb"))
+    assert seen["target"] == "/svc/v2/whole/a%2Fb"
 
 
 async def test_prefix_matches_on_segment_boundaries_only(client: httpx.AsyncClient) -> None:

@@ -27,6 +27,9 @@ CONFIG = """
 [upstreams.ws]
 targets = ["{upstream}"]
 
+[upstreams.ws-based]
+targets = ["{upstream}/svc/"]
+
 [upstreams.nowhere]
 targets = ["http://127.0.0.1:{closed_port}"]
 
@@ -51,6 +54,12 @@ max_message_size = {max}
 request_set = {{ x-route = "ws" }}
 request_remove = ["x-secret"]
 response_set = {{ x-served-by = "quartgate" }}
+
+[[routes]]
+name = "ws-based"
+path = "/basedws"
+upstream = "ws-based"
+websocket = true
 
 [[routes]]
 name = "kept-host"
@@ -241,6 +250,16 @@ async def test_pings_are_answered_on_each_hop(
 
 
 # ---- close codes -------------------------------------------------------------------------
+
+
+async def test_a_path_on_the_target_url_goes_before_the_handshakes(
+    gateway: GatewayProcess, upstream: WebSocketUpstream
+) -> None:
+    async with client(ws_url(gateway, "/basedws/echo")) as ws:
+        await ws.send("x")
+        assert await ws.recv() == "x"
+        await ws.close(4000, "done")
+    assert await upstream.next_close("/svc/basedws/echo") == (4000, "done")
 
 
 async def test_the_clients_close_code_and_reason_reach_the_upstream(

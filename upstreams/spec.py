@@ -25,6 +25,9 @@ class TargetSpec:
     host: str
     port: int
     weight: Annotated[int, Gt(0)] = 1
+    #: The URL's path, prepended to every request's (Kong's service path): ``/v2`` sends
+    #: ``/users/7`` as ``/v2/users/7``. Without a trailing slash; "" for none.
+    path: str = ""
 
     @property
     def authority(self) -> str:
@@ -33,7 +36,13 @@ class TargetSpec:
 
     @property
     def url(self) -> str:
+        """The server: what metrics, logs, drains and pools know a target by."""
         return f"{self.scheme}://{self.authority}"
+
+    @property
+    def location(self) -> str:
+        """The URL as configured: the server and the path requests are sent under."""
+        return self.url + self.path
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from upstreams.h2 import H2Sender
 from upstreams.health import HealthChecker
 from upstreams.layers.counts import Capping, Counting
 from upstreams.layers.limiting import Lateness, Limiting
-from upstreams.layers.per_try import Breaking, TryTimeout
+from upstreams.layers.per_try import BasePath, Breaking, TryTimeout
 from upstreams.layers.picking import Picker
 from upstreams.layers.retrying import Retrying
 from upstreams.messages import UpstreamRequest
@@ -54,6 +54,7 @@ class Upstream:
                 Breaking(target.breaker) if target.breaker is not None else None,
                 Counting(target) if counting else None,
                 TryTimeout(target.url),
+                BasePath(target.spec.path) if target.spec.path else None,
                 bottom=target.sender,
             )
         adaptive = spec.adaptive_concurrency

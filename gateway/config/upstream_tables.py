@@ -5,6 +5,7 @@ say: target URLs, the breaker's rules across fields, the upstream kind by its ke
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -33,22 +34,29 @@ def _target_url(url: str) -> str:
         raise Invalid.at(f"{url!r} is not a valid URL: scheme must be http or https")
     if not parts.hostname:
         raise Invalid.at(f"{url!r} is not a valid URL: no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise Invalid.at(f"{url!r}: a target is scheme://host[:port] only (no path, query or user)")
+    if parts.query or parts.fragment or "?" in url or "#" in url or parts.username:
+        reason = "a target is scheme://host[:port][/path] (no query, fragment or user)"
+        raise Invalid.at(f"{url!r}: {reason}")
+    if not _PATH.fullmatch(parts.path):
+        raise Invalid.at(f"{url!r}: the path must be made of URL path characters")
     return url
+
+
+#: A target URL's path: RFC 3986 path characters, percent-encoded as written.
+_PATH = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*")
 
 
 def _target(url: str, weight: int) -> TargetSpec:
     parts = urlsplit(url)
     port = parts.port or default_port(parts.scheme)
-    return TargetSpec(parts.scheme, parts.hostname or "", port, weight)
+    return TargetSpec(parts.scheme, parts.hostname or "", port, weight, parts.path.rstrip("/"))
 
 
 #: ``{ url = "...", weight = 2 }``; a URL alone is weight 1.
 _TARGET_TABLE: TypeAdapter[Any] = TypeAdapter(
     table(
         TargetSpec,
-        exclude=("scheme", "host", "port"),
+        exclude=("scheme", "host", "port", "path"),
         extra={"url": (Annotated[str, AfterValidator(_target_url)], ...)},
         build=lambda values: _target(values["url"], values["weight"]),
     )

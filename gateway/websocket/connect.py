@@ -147,7 +147,8 @@ class Connector:
             authority = f"[{spec.host}]:{spec.port}"  # an IPv6 literal
         else:
             authority = f"{spec.host}:{spec.port}"
-        uri = f"{'wss' if secure else 'ws'}://{authority}{path.decode('ascii')}"
+        # The target URL's path goes first, as for HTTP requests (upstreams/layers/per_try.py).
+        uri = f"{'wss' if secure else 'ws'}://{authority}{spec.path}{path.decode('ascii')}"
         public = f"upstream {self.upstream.name!r}"  # what the client reads: no address
         name = f"{public} ({target.url})"
         interval = settings.ping_interval or None

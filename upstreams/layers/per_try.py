@@ -10,11 +10,15 @@
   a failure of its target (a read timeout), not a try abandoned. Routes are not known when
   an upstream is built, so every target has this layer; for a request whose route sets no
   per-try timeout it hands back the next coroutine without a frame of its own.
+- :class:`BasePath`: the path of the target's URL, before the request's (Kong's service
+  path); only on targets whose URL has one. Per try, since a retry may go to a target with
+  another path; the request itself is never changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from upstreams.breaker import FAILURE_STATUSES, Breaker
 from upstreams.errors import PoolExhausted, UpstreamError, UpstreamTimeout
@@ -80,3 +84,20 @@ class TryTimeout:
             )
             error.sent_to = self._url
             raise error from None
+
+
+# ---- BasePath: the target URL's path -------------------------------------------------------
+
+
+class BasePath:
+    __slots__ = ("_path", "inner")
+
+    inner: Sends
+
+    def __init__(self, path: str) -> None:
+        self._path = path.encode("ascii")  # validated as URL path characters
+
+    def send(self, request: UpstreamRequest) -> Sending:
+        if request.target.startswith(b"/"):  # not an asterisk-form OPTIONS *
+            request = dataclasses.replace(request, target=self._path + request.target)
+        return self.inner.send(request)
