@@ -1,17 +1,18 @@
 """Hypercorn 0.18's connection handling, corrected where the gateway needs it.
 
-The Hypercorn engine reaches into Hypercorn where its public API has no hook: it wraps
-two methods of the asyncio ``TCPServer`` (closed client connections are freed at once, not
-after ``keep_alive_timeout``), replaces ``TaskGroup.spawn_app`` so that a request body the
-app never reads cannot hang its connection, counts busy connections by the names of
-Hypercorn's tasks (the SIGTERM drain), and serves through ``worker_serve`` with its own
-shutdown trigger. Every name used is checked before a worker serves
+The Hypercorn engine reaches into Hypercorn where its public API has no hook: it gives
+the asyncio ``TCPServer`` a keep-alive timer in place of a task per idle period and frees
+closed client connections at once, replaces ``TaskGroup.spawn_app`` so that a request body
+the app never reads cannot hang its connection, writes the reason phrase in status lines,
+counts busy connections (the SIGTERM drain), and serves through ``worker_serve`` with its
+own shutdown trigger. Every name used is checked before a worker serves
 (gateway/server/private_names.py), so an upgrade that moved one fails at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -26,22 +27,42 @@ def apply() -> None:
 
 
 def close_dead_connections() -> None:
-    """Free a client connection as soon as the client has closed it, not keep-alive later.
+    """Keep-alive by a timer, not a task per idle period; free a closed connection at once.
 
-    Hypercorn 0.18 (asyncio) keeps a connection's task, parser and buffers until its idle
-    timer fires when the client closes it: a closed idle connection waits out
-    ``keep_alive_timeout`` (75 s here), and one closed while a request was in flight stays
-    in CLOSE-WAIT until then. With clients that reconnect often that is memory growing with
-    the connection rate (measured: +0.6 MiB per 64 connections closed, loadtests/README.md).
-    Two small wraps of ``TCPServer``: reading ended means the idle timer stops, and an idle
-    timer started after the client's EOF closes at once.
+    Hypercorn 0.18 (asyncio) runs a connection's keep-alive as a task (``idle_task``): each
+    time a response ends, a task that waits on ``asyncio.wait_for`` (a second task and a
+    timer), cancelled and awaited when the next request starts. That is two tasks created
+    and cancelled per request: 15% of a worker's CPU at 4,096 connections in the profile
+    (py-spy, one run, loadtests/connections.py). Here ``idle_task`` is an
+    :class:`IdleTimer`: one ``call_later`` per idle period, the same close when it fires, and
+    every idle connection closed when the worker stops (what Hypercorn's task did on
+    ``context.terminated``).
+
+    And when the client has closed its connection, Hypercorn kept the connection's task,
+    parser and buffers until the idle timer fired: a closed idle connection waited out
+    ``keep_alive_timeout`` (75 s here), one closed mid-request stayed in CLOSE-WAIT until
+    then (measured: +0.6 MiB per 64 connections closed, loadtests/README.md). Here reading
+    ended means the timer stops, and a timer armed after the client's EOF closes at once.
+
+    Its bytes go out as Hypercorn's do, in order, but without an ``asyncio.Lock`` taken and a
+    ``drain()`` awaited for each of the three writes of a response (head, body, and h11's
+    empty end of a sized body, now skipped): a write is one synchronous ``transport.write``,
+    so writes keep their order without the lock, and ``drain()`` is awaited only when the
+    transport buffers (the client reads slowly) or is closing, when it waits or raises as
+    before.
     """
     from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.events import Closed, RawData
 
     if getattr(TCPServer, "_quartgate", False):
         return
+    init = TCPServer.__init__
     read_data = TCPServer._read_data
-    idle_timeout = TCPServer._idle_timeout
+    protocol_send = TCPServer.protocol_send
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.idle_task = IdleTimer(self)
 
     async def _read_data(self: Any) -> None:
         try:
@@ -49,16 +70,87 @@ def close_dead_connections() -> None:
         finally:
             await self.idle_task.stop()
 
-    async def _idle_timeout(self: Any) -> None:
-        if self.reader.at_eof():  # the client is gone: nothing to keep alive
-            await self._initiate_server_close()
+    async def send_bytes(self: Any, event: Any) -> None:
+        """Hypercorn's ``protocol_send`` for bytes, without its lock and drain per write."""
+        if type(event) is not RawData:
+            await protocol_send(self, event)  # Closed, Updated: Hypercorn's own
             return
-        await idle_timeout(self)
+        data = event.data
+        if not data:
+            return  # h11's end of a body with a Content-Length is no bytes at all
+        writer = self.writer
+        try:
+            writer.write(data)
+            if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+                await writer.drain()  # the peer reads slowly (or is gone): wait, as Hypercorn
+        except (ConnectionError, RuntimeError):
+            await self.protocol.handle(Closed())
 
-    _idle_timeout.__qualname__ = "TCPServer._idle_timeout"  # what busy_connections looks for
-    setattr(TCPServer, "_read_data", _read_data)  # noqa: B010 (a patch, deliberately)
-    setattr(TCPServer, "_idle_timeout", _idle_timeout)  # noqa: B010
+    setattr(TCPServer, "__init__", __init__)  # noqa: B010 (a patch, deliberately)
+    setattr(TCPServer, "_read_data", _read_data)  # noqa: B010
+    setattr(TCPServer, "protocol_send", send_bytes)  # noqa: B010
     setattr(TCPServer, "_quartgate", True)  # noqa: B010
+
+
+#: The worker's idle client connections (their timers armed): what busy_connections
+#: subtracts, and what is closed when the worker stops.
+_IDLE: set[IdleTimer] = set()
+
+
+class IdleTimer:
+    """A connection's keep-alive: Hypercorn's ``SingleTask`` interface, a timer inside."""
+
+    __slots__ = ("__weakref__", "_handle", "_server")
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def restart(self, task_group: Any, action: Any) -> None:
+        """The connection is idle (Hypercorn passes its ``_idle_timeout``; the timer does
+        what that did)."""
+        self._cancel()
+        server = self._server
+        if server.reader.at_eof() or server.context.terminated.is_set():
+            self._close()  # the client is gone, or the worker stops: nothing to keep alive
+            return
+        _watch_stop(server.context)
+        self._handle = server.loop.call_later(server.config.keep_alive_timeout, self._expire)
+        _IDLE.add(self)
+
+    async def stop(self) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            _IDLE.discard(self)
+
+    def _expire(self) -> None:
+        self._handle = None
+        _IDLE.discard(self)
+        self._close()
+
+    def _close(self) -> None:
+        server = self._server
+        with contextlib.suppress(RuntimeError):  # the connection's group has ended: closed
+            server._task_group._task_group.create_task(server._initiate_server_close())
+
+
+def _watch_stop(context: Any) -> None:
+    """Once per worker: when it stops (``context.terminated``), close every idle
+    connection, as each of Hypercorn's idle tasks did."""
+    if getattr(context, "_quartgate_idle_watch", None) is not None:
+        return
+
+    async def close_idle() -> None:
+        await context.terminated.wait()
+        for timer in list(_IDLE):
+            timer._cancel()
+            timer._close()
+
+    context._quartgate_idle_watch = asyncio.get_running_loop().create_task(close_idle())
 
 
 class _AppQueue(asyncio.Queue[Any]):
@@ -172,16 +264,12 @@ def status_line_reasons() -> None:
 def busy_connections() -> int:
     """Client connections of this worker with a request in progress.
 
-    Read from Hypercorn's tasks: one per connection (``worker_serve``'s
-    ``_server_callback``), plus an idle-timer task (``TCPServer._idle_timeout``) on each
-    connection that is between requests; both names are checked at start-up
-    (gateway/server/private_names.py).
+    Read from Hypercorn's tasks, one per connection (``worker_serve``'s
+    ``_server_callback``, a name checked at start-up: gateway/server/private_names.py),
+    less the connections between requests (their :class:`IdleTimer` armed).
     """
-    connections = idle = 0
+    connections = 0
     for task in asyncio.all_tasks():
-        name = getattr(task.get_coro(), "__qualname__", "")
-        if name.endswith("._server_callback"):
+        if getattr(task.get_coro(), "__qualname__", "").endswith("._server_callback"):
             connections += 1
-        elif name == "TCPServer._idle_timeout":
-            idle += 1
-    return connections - idle
+    return connections - len(_IDLE)

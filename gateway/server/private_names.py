@@ -28,7 +28,12 @@ NAMES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "hypercorn": (
         # gateway/server/hypercorn_patches.py: dead connections, unread bodies, the drain
         ("hypercorn.asyncio.tcp_server", "TCPServer._read_data"),
-        ("hypercorn.asyncio.tcp_server", "TCPServer._idle_timeout"),
+        ("hypercorn.asyncio.tcp_server", "TCPServer.__init__"),
+        ("hypercorn.asyncio.tcp_server", "TCPServer.protocol_send"),
+        ("hypercorn.asyncio.tcp_server", "TCPServer.writer"),
+        ("hypercorn.asyncio.tcp_server", "TCPServer.loop"),
+        ("hypercorn.asyncio.tcp_server", "TCPServer.context"),
+        ("hypercorn.asyncio.worker_context", "WorkerContext.terminated"),
         ("hypercorn.asyncio.tcp_server", "TCPServer._initiate_server_close"),
         ("hypercorn.asyncio.tcp_server", "TCPServer.idle_task"),
         ("hypercorn.asyncio.tcp_server", "TCPServer.reader"),
