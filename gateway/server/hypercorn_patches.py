@@ -57,12 +57,23 @@ def close_dead_connections() -> None:
     if getattr(TCPServer, "_quartgate", False):
         return
     init = TCPServer.__init__
+    run = TCPServer.run
     read_data = TCPServer._read_data
     protocol_send = TCPServer.protocol_send
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         self.idle_task = IdleTimer(self)
+
+    async def run_untangled(self: Any) -> None:
+        try:
+            await run(self)
+        finally:
+            # The connection is over: drop the references back to it (its protocol holds
+            # this server's bound protocol_send, its timer the server), so its objects are
+            # freed as the task ends instead of waiting, as a cycle, for a full collection.
+            self.idle_task = None
+            self.__dict__.pop("protocol", None)
 
     async def _read_data(self: Any) -> None:
         try:
@@ -87,6 +98,7 @@ def close_dead_connections() -> None:
             await self.protocol.handle(Closed())
 
     setattr(TCPServer, "__init__", __init__)  # noqa: B010 (a patch, deliberately)
+    setattr(TCPServer, "run", run_untangled)  # noqa: B010
     setattr(TCPServer, "_read_data", _read_data)  # noqa: B010
     setattr(TCPServer, "protocol_send", send_bytes)  # noqa: B010
     setattr(TCPServer, "_quartgate", True)  # noqa: B010
