@@ -42,6 +42,8 @@ class RouteRuntime:
     websocket: WebSocketSettings | None = None
     #: Opens upstream WebSocket connections; None for in-process apps and plain routes.
     connector: Connector | None = None
+    #: Proxied responses carry ``Server-Timing`` (gateway/pipeline/server_timing.py).
+    server_timing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,7 @@ def build_state(
             _retry_policy(policies),
             websocket,
             connector,
+            settings.server_timing if policies.server_timing is None else policies.server_timing,
         )
     trusted = TrustedProxies(settings.trusted_proxies)
     return GatewayState(

@@ -105,7 +105,7 @@ def test_text_format(make_gateway: Start, upstream: UpstreamServer, tmp_path: Pa
     (line,) = read_lines(log, 1)
     pattern = (
         r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /api/a%22b HTTP/1\.1" '
-        r"200 (\d+) in=0 rt=\d+\.\d{3} urt=\d+\.\d{3} route=api upstream=main "
+        r"200 (\d+) in=0 rt=\d+\.\d{3} urt=\d+\.\d{3} gt=\d+\.\d{3} route=api upstream=main "
         r"target=http://127\.0\.0\.1:\d+ retries=0 error=- rid=text-1"
     )
     found = re.fullmatch(pattern, line)

@@ -59,3 +59,8 @@ class UpstreamResponse:
     sent_to: str = ""
     #: How many times the request was sent again before this response (set by retrying).
     retries: int = 0
+    #: Seconds this try spent opening its connection (0.0 on a pooled one), and, after
+    #: retries, the ``perf_counter()`` at which the try that answered began: what
+    #: ``Server-Timing`` tells apart (gateway/pipeline/server_timing.py).
+    connect_time: float = 0.0
+    answered_try_at: float = 0.0

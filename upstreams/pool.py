@@ -13,6 +13,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
+from time import perf_counter
 
 from upstreams.errors import (
     PoolExhausted,
@@ -95,11 +96,18 @@ class ConnectionPool:
                     self._discard(conn)
                     raise
                 first, complete = conn.take_buffered()
+                connect, conn.connect_time = conn.connect_time, 0.0
                 if complete:
                     self._release(conn)
-                    return UpstreamResponse(status, headers, _EMPTY, _noop, first, True, url)
-                stream = _BodyStream(self, conn, spec.read_timeout)
-                return UpstreamResponse(status, headers, stream, stream.aclose, first, False, url)
+                    response = UpstreamResponse(status, headers, _EMPTY, _noop, first, True, url)
+                else:
+                    stream = _BodyStream(self, conn, spec.read_timeout)
+                    response = UpstreamResponse(
+                        status, headers, stream, stream.aclose, first, False, url
+                    )
+                if connect:
+                    response.connect_time = connect
+                return response
         except UpstreamError as error:
             error.sent_to = url
             raise
@@ -153,6 +161,7 @@ class ConnectionPool:
         """Open a connection for a slot already counted in ``_total``."""
         loop = asyncio.get_running_loop()
         target = self.target
+        began = perf_counter()
         try:
             async with asyncio.timeout(self._spec.connect_timeout):
                 _, conn = await loop.create_connection(
@@ -177,6 +186,7 @@ class ConnectionPool:
             self._total -= 1
             self._grant_slot()
             raise
+        conn.connect_time = perf_counter() - began
         return conn
 
     def _release(self, conn: H1Connection) -> None:

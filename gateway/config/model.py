@@ -74,6 +74,9 @@ class GatewaySettings:
     #: Seconds the worker's event loop may run late before new requests are refused with
     #: 503 gateway_overloaded (docs/overload.md); 0: never shed.
     max_loop_lag: Annotated[float, Ge(0)] = 0.5
+    #: Proxied responses carry ``Server-Timing``: the gateway's share of the time to the
+    #: response head and the upstream's (docs/observability.md); a route may say otherwise.
+    server_timing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,8 @@ class RoutePolicies:
     retry: RetrySpec | None = None
     #: Seconds the whole exchange with the upstream may take (all tries); 0: no deadline.
     timeout: Annotated[float, Ge(0)] = 0.0
+    #: ``Server-Timing`` on this route's responses; None: as ``[gateway] server_timing``.
+    server_timing: bool | None = None
 
 
 #: A route without policies: what most routes are.

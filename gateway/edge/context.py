@@ -16,15 +16,18 @@ class RequestContext:
         "bytes_in",
         "bytes_out",
         "client_ip",
+        "connect_time",
         "consumer",
         "error",
         "extra",
         "forwarding",
+        "gateway_time",
         "host",
         "params",
         "request_id",
         "response_headers",
         "retries",
+        "retry_time",
         "route",
         "scope",
         "start",
@@ -54,6 +57,11 @@ class RequestContext:
         self.upstream_target: str = ""
         self.upstream_start = 0.0
         self.upstream_time = 0.0
+        #: Up to the response head of a proxied request (gateway/pipeline/server_timing.py):
+        #: the gateway's own share, the tries before the one that answered, and its connect.
+        self.gateway_time = 0.0
+        self.retry_time = 0.0
+        self.connect_time = 0.0
         self.retries = 0
         self.status = 0
         self.bytes_in = 0

@@ -44,6 +44,9 @@ FIELDS = (
     "bytes_out",
     "duration_ms",
     "upstream_duration_ms",
+    "gateway_ms",
+    "upstream_connect_ms",
+    "retry_ms",
     "retries",
     "error",
 )
@@ -185,7 +188,12 @@ def _fields(entry: Entry) -> Entry:
     Done in the writer thread: the request path only stored references.
     """
     finished, duration, ctx, scope, route, status = entry
-    upstream_time = round(ctx.upstream_time * 1000, 3) if ctx.upstream_start else None
+    proxied = bool(ctx.upstream_start)
+    upstream_time = round(ctx.upstream_time * 1000, 3) if proxied else None
+    # The parts of the time to the response head (gateway/pipeline/server_timing.py).
+    gateway_time = round(ctx.gateway_time * 1000, 3) if proxied else None
+    connect_time = round(ctx.connect_time * 1000, 3) if proxied else None
+    retry_time = round(ctx.retry_time * 1000, 3) if proxied else None
     return (
         finished - duration,
         ctx.request_id.decode("ascii", "replace"),
@@ -201,6 +209,9 @@ def _fields(entry: Entry) -> Entry:
         ctx.bytes_out,
         round(duration * 1000, 3),
         upstream_time,
+        gateway_time,
+        connect_time,
+        retry_time,
         ctx.retries,
         ctx.error,
     )
@@ -229,6 +240,9 @@ def format_text(fields: Entry) -> str:
         bytes_out,
         duration,
         upstream_duration,
+        gateway_duration,
+        _connect,
+        _retry,
         retries,
         error,
     ) = fields
@@ -238,6 +252,7 @@ def format_text(fields: Entry) -> str:
         f'{client_ip or "-"} - - [{when}] "{request}" {status} {bytes_out} '
         f"in={bytes_in} rt={duration / 1000:.3f} "
         f"urt={'-' if upstream_duration is None else f'{upstream_duration / 1000:.3f}'} "
+        f"gt={'-' if gateway_duration is None else f'{gateway_duration / 1000:.3f}'} "
         f"route={route or '-'} upstream={upstream or '-'} target={target or '-'} "
         f"retries={retries} error={error or '-'} rid={_escape(request_id)}"
     )

@@ -83,6 +83,14 @@ class GatewayMetrics:
             buckets=buckets,
             registry=registry,
         )
+        self.gateway_duration = Histogram(
+            "quartgate_gateway_duration_seconds",
+            "Gateway part of a proxied request: its time to the response head, less the "
+            "upstream's (all tries).",
+            ["route"],
+            buckets=buckets,
+            registry=registry,
+        )
         self.upstream_responses = Counter(
             "quartgate_upstream_responses",
             "Requests sent to an upstream, by upstream and the exact status the client got "
@@ -327,6 +335,8 @@ class MetricsObserver:
         children.duration.observe(duration)
         if ctx.upstream_start:
             children.upstream.observe(ctx.upstream_time)
+            if ctx.gateway_time:  # a response head came (gateway/pipeline/server_timing.py)
+                children.gateway.observe(ctx.gateway_time)
             answered = self._by_upstream.get((ctx.upstream, status))
             if answered is None:
                 label = str(status) if 100 <= status < 600 else "other"
@@ -366,6 +376,7 @@ class MetricsObserver:
         children = _RouteChildren(
             m.request_duration.labels(name),
             m.upstream_duration.labels(name, upstream or NO_ROUTE),
+            m.gateway_duration.labels(name),
             m.retries.labels(name, upstream or NO_ROUTE),
             m.rate_limited.labels(name),
             m.bytes_in.labels(name),
@@ -376,12 +387,21 @@ class MetricsObserver:
 
 
 class _RouteChildren:
-    __slots__ = ("bytes_in", "bytes_out", "duration", "rate_limited", "retries", "upstream")
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "duration",
+        "gateway",
+        "rate_limited",
+        "retries",
+        "upstream",
+    )
 
     def __init__(self, *children: Any) -> None:
         (
             self.duration,
             self.upstream,
+            self.gateway,
             self.retries,
             self.rate_limited,
             self.bytes_in,

@@ -23,6 +23,8 @@ from gateway.edge.head import RequestHead
 from gateway.edge.headers import connection_tokens, filter_response_headers
 from gateway.pipeline.disconnect_watch import WATCH_AFTER, DisconnectWatch
 from gateway.pipeline.request_body import BUFFER_LIMIT, read_all, stream_request, timed
+from gateway.pipeline.server_timing import header as timing_header
+from gateway.pipeline.server_timing import measure
 from gateway.state import RouteRuntime
 from upstreams.errors import UpstreamError
 from upstreams.messages import UpstreamRequest, UpstreamResponse
@@ -175,6 +177,9 @@ class UpstreamDispatch:
             headers += ctx.response_headers
         for policy in runtime.policies:
             policy.on_response(ctx, headers)
+        measure(ctx, response)  # the gateway's share and the upstream's, to the head
+        if runtime.server_timing:
+            headers.append(timing_header(ctx))
         ctx.status = response.status
         start = {"type": "http.response.start", "status": response.status, "headers": headers}
         if response.complete:

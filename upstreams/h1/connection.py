@@ -55,6 +55,8 @@ class H1Connection(asyncio.Protocol):
         #: True once a byte of the current request was handed to the transport.
         self.wrote = False
         self.last_used = 0.0
+        #: Seconds its TCP (and TLS) connect took: reported with its first response only.
+        self.connect_time = 0.0
         self._parser = ResponseParser()
         self._head: Head | None = None
         self._chunks: deque[bytes] = deque()

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from time import perf_counter
 
 from upstreams.errors import NoHealthyTarget, RouteTimeout, UpstreamError
 from upstreams.layers.picking import Picker
@@ -105,6 +106,7 @@ class Retrying:
             if progress is not None:
                 progress.retries = attempt - 1
                 progress.sent_to = target.url
+            began = perf_counter() if attempt > 1 else 0.0  # a retry: Server-Timing parts it
             try:
                 response = await target.tries.send(request)
             except UpstreamError as error:
@@ -134,6 +136,8 @@ class Retrying:
                 attempt += 1
                 continue
             response.retries = attempt - 1
+            if began:
+                response.answered_try_at = began
             return response
 
     async def _before_retry(
