@@ -43,11 +43,16 @@ if [ "$upstream_port" != 9001 ] || [ "$admin_port" != 9901 ]; then
 fi
 
 children=()  # the demo upstream, then the gateway
+sleeper=""   # the pause of the watch loop at the end
 stop() {
   # Children started with & ignore SIGINT (bash without job control), so TERM it is: the
   # gateway first (a graceful drain, its requests in flight still reach the upstream), then
   # the upstream; each waited for.
   local i
+  if [ -n "$sleeper" ]; then
+    kill "$sleeper" 2>/dev/null || true
+    wait "$sleeper" 2>/dev/null || true
+  fi
   for ((i = ${#children[@]} - 1; i >= 0; i--)); do
     kill -TERM "${children[i]}" 2>/dev/null || true
     wait "${children[i]}" 2>/dev/null || true
@@ -76,7 +81,20 @@ fi
   --bind "127.0.0.1:$port" "$@" &
 children+=($!)
 
-# Until either exits (then the other is stopped) or a signal arrives (the traps above).
-status=0
-wait -n "${children[@]}" || status=$?
-exit "$status"
+# Until either exits (then the other is stopped, and its status is the script's) or a signal
+# arrives (the traps above). Not one long `wait -n`: CI saw bash 5.2 sit in it after an INT,
+# its trap never run and both children left running. A wait on a short sleep bounds such a
+# miss to half a second: a trap that did not cut the wait short runs when it ends.
+while :; do
+  for pid in "${children[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      status=0
+      wait "$pid" || status=$?
+      exit "$status"
+    fi
+  done
+  sleep 0.5 &
+  sleeper=$!
+  wait "$sleeper" || true
+  sleeper=""
+done

@@ -167,3 +167,34 @@ def test_when_the_gateway_exits_the_upstream_is_stopped_too() -> None:
     assert "mock upstream listening" in output  # it had started ...
     assert live_in_session(script.pid) == [], output  # ... and was stopped
     assert is_free(upstream_port)
+
+
+def test_a_child_that_dies_stops_the_other_and_the_script(tmp_path: Path) -> None:
+    port, upstream_port, admin_port = free_port(), free_port(), free_port()
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        script = subprocess.Popen(
+            ["bash", str(SCRIPT)],
+            cwd=ROOT,
+            env=demo_env(port, upstream_port, admin_port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            wait_for_port(upstream_port, deadline, script, log)
+            wait_for_port(port, deadline, script, log)
+            (upstream,) = [
+                int(p.split()[0]) for p in live_in_session(script.pid) if "mock_upstream" in p
+            ]
+            os.kill(upstream, signal.SIGKILL)  # the demo upstream crashes
+            returncode = script.wait(60)
+        finally:
+            if script.poll() is None:
+                os.killpg(script.pid, signal.SIGKILL)
+                script.wait()
+    assert returncode == 128 + signal.SIGKILL, log.read_text()  # the child's status
+    assert "stopping: no new connections" in log.read_text()  # stopped, not killed
+    assert live_in_session(script.pid) == [], log.read_text()
+    assert is_free(port)

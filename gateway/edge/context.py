@@ -22,6 +22,7 @@ class RequestContext:
         "extra",
         "forwarding",
         "gateway_time",
+        "head_time",
         "host",
         "params",
         "request_id",
@@ -60,6 +61,7 @@ class RequestContext:
         #: Up to the response head of a proxied request (gateway/pipeline/server_timing.py):
         #: the gateway's own share, the tries before the one that answered, and its connect.
         self.gateway_time = 0.0
+        self.head_time = 0.0
         self.retry_time = 0.0
         self.connect_time = 0.0
         self.retries = 0

@@ -12,7 +12,9 @@ negative, because each is a stretch of one ``perf_counter()`` timeline cut at th
 - ``upstream-connect``: of that, opening its connection (only when it opened one);
 - ``retries``: the tries before it, their back-off included (only after retries);
 - ``gateway``: the rest: edge checks, policies, reading a buffered body, the admission
-  queue, building the head; everything that is the gateway's and not the upstream's.
+  queue, building the head; everything that is the gateway's and not the upstream's;
+- ``total``: the request's arrival to its head, the sum of the three (connect is inside
+  ``upstream``).
 
 They go to the access log and the ``quartgate_gateway_duration_seconds`` histogram always,
 and into a ``Server-Timing`` response header when the route says so (W3C Server Timing:
@@ -31,7 +33,8 @@ def measure(ctx: RequestContext, response: UpstreamResponse, now: float = 0.0) -
     """Cut the request's time to its response head (``now``, default: this instant) into
     its parts, on ``ctx``."""
     now = now or perf_counter()
-    ctx.gateway_time = max(0.0, (now - ctx.start) - ctx.upstream_time)
+    ctx.head_time = now - ctx.start
+    ctx.gateway_time = max(0.0, ctx.head_time - ctx.upstream_time)
     if response.answered_try_at:
         ctx.retry_time = max(0.0, response.answered_try_at - ctx.upstream_start)
     ctx.connect_time = response.connect_time
@@ -48,4 +51,5 @@ def header(ctx: RequestContext) -> tuple[bytes, bytes]:
         parts.append(b"upstream-connect;dur=%.2f" % (ctx.connect_time * 1000))
     if ctx.retries:
         parts.append(b'retries;dur=%.2f;desc="%d"' % (retry * 1000, ctx.retries))
+    parts.append(b"total;dur=%.2f" % (ctx.head_time * 1000))
     return b"server-timing", b", ".join(parts)
