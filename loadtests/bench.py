@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                             workers=workers,
                             server=engine,
                             name=name + "-fresh",
+                            settings=args.gateway_setting,
                         )
                         with running(gateway):
                             bench.run_fresh(name, gateway, workers)
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                         workers=workers,
                         server=engine,
                         name=name,
+                        settings=args.gateway_setting,
                     )
                     with running(gateway):
                         bench.run_system(name, gateway, workers)
@@ -422,6 +424,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add(
         "--scenarios", nargs="+", default=["small", "latency", "large", "fresh"],
         choices=["small", "latency", "large", "fresh"],
+    )  # fmt: skip
+    add(
+        "--gateway-setting", action="append", default=[], metavar="'KEY = VALUE'",
+        help="a TOML line added to the gateway's [gateway] table (repeatable), e.g. "
+        "'server_timing = true'",
     )  # fmt: skip
     add("--fresh-connections", type=int, default=1024, help="the fresh-start run's connections")
     add("--large-connections", type=int, default=16)

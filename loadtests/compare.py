@@ -2,6 +2,7 @@
 
     python -m loadtests.compare 66c331f HEAD                 # 3 rounds, both engines
     python -m loadtests.compare main~5 main --rounds 5 --engines uvicorn
+    python -m loadtests.compare HEAD HEAD --b-setting 'server_timing = true'   # a setting's cost
 
 Each revision is exported from git (``git archive``, no checkout) into a temporary folder
 and runs its own ``loadtests/bench.py`` there, with the same upstream kind, CPU pinning and
@@ -11,6 +12,8 @@ What is compared is the figure a noisy machine disturbs least: the gateway's CPU
 request (``CPU µs/req``, the process's user+system time over requests served), beside
 requests per second and p99 latency. Printed: the median of the rounds per revision, their
 spread (min-max), and B/A as a ratio; a difference inside both spreads is no difference.
+``--a-setting`` / ``--b-setting`` add ``[gateway]`` lines to one side's config, so the same
+revision can be compared with a setting off and on.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def export(rev: str, into: Path) -> str:
     return commit
 
 
-def bench_once(tree: Path, args: argparse.Namespace) -> list[dict[str, str]]:
+def bench_once(tree: Path, args: argparse.Namespace, settings: list[str]) -> list[dict[str, str]]:
     """One ``loadtests.bench`` run in ``tree``; the quartgate rows of its CSV."""
     reports = tree / "loadtests" / "reports"
     before = set(reports.glob("bench-*.csv")) if reports.exists() else set()
@@ -55,6 +58,8 @@ def bench_once(tree: Path, args: argparse.Namespace) -> list[dict[str, str]]:
         "--engines", *args.engines, "--warmup", str(args.warmup),
         "--duration", str(args.duration), "--skip-direct", "--skip-nginx", "--skip-locust",
     ]  # fmt: skip
+    for line in settings:
+        command += ["--gateway-setting", line]
     # The tree's own packages first: ``-m`` puts the working directory on sys.path, and
     # PYTHONPATH carries it into the gateway processes the bench starts.
     env = dict(os.environ, PYTHONPATH=str(tree))
@@ -76,35 +81,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=10.0)
+    for side in ("a", "b"):
+        parser.add_argument(
+            f"--{side}-setting", action="append", default=[], metavar="'KEY = VALUE'",
+            help=f"a TOML line added to {side.upper()}'s [gateway] table (repeatable)",
+        )  # fmt: skip
     args = parser.parse_args(argv)
     # (revision, scenario, system) -> figure -> one value per round
     results: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(
         lambda: defaultdict(list)
     )
     with tempfile.TemporaryDirectory(prefix="quartgate-compare-") as tmp:
-        trees = {}
+        commits, trees = {}, {}
         for label, rev in (("a", args.a), ("b", args.b)):
-            tree = Path(tmp) / label
-            trees[export(rev, tree)] = tree
+            trees[label] = Path(tmp) / label
+            commits[label] = export(rev, trees[label])
+        settings = {"a": args.a_setting, "b": args.b_setting}
         for round_no in range(1, args.rounds + 1):
-            for commit, tree in trees.items():
-                print(f"round {round_no}/{args.rounds}: {commit}", flush=True)
-                for row in bench_once(tree, args):
-                    key = (commit, row["scenario"], row["system"])
+            for label, tree in trees.items():
+                print(f"round {round_no}/{args.rounds}: {label.upper()}", flush=True)
+                for row in bench_once(tree, args, settings[label]):
+                    key = (label, row["scenario"], row["system"])
                     for column, _, _ in FIGURES:
                         results[key][column].append(float(row[column] or "nan"))
-    (a, b) = trees
     print(f"\n{args.rounds} alternating rounds, median (min-max); B/A is of the medians")
-    print(f"A = {a} ({args.a}), B = {b} ({args.b})\n")
-    print("| scenario | system | figure | A | B | B/A |\n|---|---|---|---|---|---|")
-    for (commit, scenario, system), figures in sorted(results.items()):
-        if commit != a or (b, scenario, system) not in results:
+    for label, rev in (("a", args.a), ("b", args.b)):
+        extra = "; ".join(settings[label])
+        print(f"{label.upper()} = {commits[label]} ({rev}){f' with {extra}' if extra else ''}")
+    print("\n| scenario | system | figure | A | B | B/A |\n|---|---|---|---|---|---|")
+    for (label, scenario, system), figures in sorted(results.items()):
+        if label != "a" or ("b", scenario, system) not in results:
             continue
-        for column, label, digits in FIGURES:
-            before, after = figures[column], results[(b, scenario, system)][column]
+        for column, name, digits in FIGURES:
+            before, after = figures[column], results[("b", scenario, system)][column]
             ratio = statistics.median(after) / statistics.median(before)
             print(
-                f"| {scenario} | {system} | {label} | {median_range(before, digits)} "
+                f"| {scenario} | {system} | {name} | {median_range(before, digits)} "
                 f"| {median_range(after, digits)} | {ratio:.3f} |"
             )
     return 0

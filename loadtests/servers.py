@@ -297,12 +297,16 @@ def nginx_proxy(
     )
 
 
-def gateway_config(upstream_url: str, max_connections: int = 512) -> str:
-    """The benchmark's gateway.toml: one catch-all route, the default pipeline."""
+def gateway_config(
+    upstream_url: str, max_connections: int = 512, settings: Sequence[str] = ()
+) -> str:
+    """The benchmark's gateway.toml: one catch-all route, the default pipeline, and
+    ``settings`` (TOML ``key = value`` lines) added to its ``[gateway]`` table."""
+    extra = "".join(f"{line}\n" for line in settings)
     return f"""\
 [gateway]
 trusted_proxies = ["127.0.0.1/32"]
-
+{extra}
 [upstreams.bench]
 targets = ["{upstream_url}"]
 max_connections = {max_connections}
@@ -388,11 +392,13 @@ def quartgate(
     server: str = "hypercorn",
     name: str = "quartgate",
     config_text: str | None = None,
+    settings: Sequence[str] = (),
 ) -> Service:
     """``quartgate serve --engine`` (hypercorn, uvicorn) with the repository's hypercorn.toml,
-    or, for comparison, the same app under plain granian."""
+    or, for comparison, the same app under plain granian; ``settings`` go into the default
+    config's ``[gateway]`` table."""
     config = workdir / f"{name}.toml"
-    config.write_text(config_text or gateway_config(upstream.url))
+    config.write_text(config_text or gateway_config(upstream.url, settings=settings))
     port = free_port()
     env = dict(os.environ, QUARTGATE_CONFIG=str(config), QUARTGATE_ENGINE=server)
     if server in ("hypercorn", "uvicorn"):
