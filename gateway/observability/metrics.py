@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -293,11 +293,19 @@ class GatewayMetrics:
         self._seen[key] = total
 
     def exposition(self) -> bytes:
+        return generate_latest(_WithoutCreated(self._source()))
+
+    def families(self) -> Iterable[Metric]:
+        """Every metric family with its samples, as a scrape would read them (summed over
+        the workers in multiprocess mode): what the dashboard's data is made of."""
+        return self._source().collect()
+
+    def _source(self) -> CollectorRegistry:
         registry = self._registry
         if registry is None:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(_WithoutCreated(registry))
+        return registry
 
     def close(self) -> None:
         """A worker going away: its live gauges stop counting (multiprocess mode)."""

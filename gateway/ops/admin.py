@@ -11,6 +11,7 @@ Endpoints (docs/admin.md):
   GET  /healthz                    200 while the process serves
   GET  /readyz                     200 ready, 503 with reasons
   GET  /metrics                    Prometheus text format
+  GET  /dashboard                  the live dashboard, and /dashboard/data it polls
   GET  /admin/routes               the route table
   GET  /admin/upstreams            targets with health, drain state, pool stats
   GET  /admin/config               version and source of the config in force
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway.asgi_types import ASGIApp, Receive, Scope, Send
 from gateway.config import ConfigError
 from gateway.observability.targets import limiters, matches, target_views
+from gateway.ops import dashboard
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -99,6 +101,7 @@ class AdminApp:
             "/admin/upstreams": self._upstreams,
             "/admin/config": self._config,
         }
+        self._files = dashboard.static_files()
         self._post: dict[str, Handler] = {
             "/admin/reload": self._reload,
             "/admin/drain": self._drain,
@@ -121,6 +124,9 @@ class AdminApp:
                 await self._readyz(send, head=method == "HEAD")
             else:
                 await self._metrics(send, head=method == "HEAD")
+            return
+        if path == "/dashboard" or path.startswith("/dashboard/"):
+            await self._dashboard(method, path, send)
             return
         if not path.startswith("/admin/"):
             await _json(send, 404, _error("not_found", f"no admin endpoint {path}"))
@@ -193,6 +199,32 @@ class AdminApp:
                 log.info("a /metrics scrape failed, retried: %r", error)
                 await asyncio.sleep(0.01)
         headers = [(b"content-type", CONTENT_TYPE.encode("ascii"))]
+        await _respond(send, 200, headers, body, head=head)
+
+    async def _dashboard(self, method: str, path: str, send: Send) -> None:
+        """The page, its files and its data (gateway/ops/dashboard.py): read-only, no token."""
+        if method not in ("GET", "HEAD"):
+            allow = [(b"allow", b"GET, HEAD")]
+            await _json(send, 405, _error("method_not_allowed", "use GET"), allow)
+            return
+        head = method == "HEAD"
+        if path == dashboard.DATA:
+            metrics = self.obs.metrics
+            if metrics is None:
+                await _json(send, 404, _error("metrics_disabled", "[metrics] enabled = false"))
+                return
+            from gateway.version import __version__
+
+            self.obs.sync()
+            data = dashboard.snapshot(metrics.families(), self.obs.state, __version__)
+            await _json(send, 200, data, head=head)
+            return
+        found = self._files.get(path)
+        if found is None:
+            await _json(send, 404, _error("not_found", f"no dashboard file {path}"))
+            return
+        kind, body = found
+        headers = [(b"content-type", kind), *dashboard.HEADERS]
         await _respond(send, 200, headers, body, head=head)
 
     # ---- admin API ----------------------------------------------------------------------
