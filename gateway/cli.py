@@ -1,8 +1,9 @@
-"""``quartgate serve | check | routes``."""
+"""``quartgate serve | reload | check | routes | loadtest``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     routes = commands.add_parser("routes", help="print the route table")
     routes.add_argument("-c", "--config", default="gateway.toml")
 
+    commands.add_parser(
+        "loadtest",
+        add_help=False,  # its own parser (python -m gateway.loadtest) answers --help
+        help="load-test the routes of a config with Locust (quartgate loadtest --help)",
+    )
+
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["loadtest"]:
+        # A fresh interpreter: Locust patches the standard library with gevent as it is
+        # imported, before anything imports ssl; this process has imported it already.
+        command = [sys.executable, "-m", "gateway.loadtest", *given[1:]]
+        os.execv(sys.executable, command)
     args = parser.parse_args(argv)
     environment = Environment.read()  # once, here; what needs it is handed it
     if args.command == "serve":

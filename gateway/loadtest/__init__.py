@@ -1,0 +1,1 @@
+"""``quartgate loadtest``: Locust driven by a config's route table (docs/loadtest.md)."""
