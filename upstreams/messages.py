@@ -35,6 +35,9 @@ class UpstreamRequest:
     client: str = ""
     #: The gateway's id of the request, for the log lines the upstream side writes.
     request_id: str = ""
+    #: The client takes response trailers (it sent ``te: trailers`` over HTTP/2): an
+    #: HTTP/2 upstream is sent ``te: trailers`` and its trailers are relayed.
+    trailers: bool = False
 
 
 @dataclass(slots=True)
@@ -64,3 +67,6 @@ class UpstreamResponse:
     #: ``Server-Timing`` tells apart (gateway/pipeline/server_timing.py).
     connect_time: float = 0.0
     answered_try_at: float = 0.0
+    #: Trailers that followed the body (HTTP/2 upstreams), set once the body has ended;
+    #: None from a sender that cannot receive them (HTTP/1.1).
+    trailers: Headers | None = None

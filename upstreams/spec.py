@@ -60,6 +60,9 @@ class UpstreamSpec:
     write_timeout: Annotated[float, Gt(0)] = 30.0
     pool_timeout: Annotated[float, Gt(0)] = 5.0
     http2: bool = False
+    #: Streams at once on one HTTP/2 connection (and at most what the server allows);
+    #: beyond them another connection is opened, up to ``max_connections``.
+    max_concurrent_streams: Annotated[int, Gt(0)] = 100
     #: round_robin, weighted, least_outstanding or hash (docs/resilience.md).
     balancer: str = "round_robin"
     #: What the hash balancer hashes: "client_ip" or "header:NAME" (client_ip if absent).

@@ -21,6 +21,7 @@ from gateway.edge.errors import ClientDisconnected, GatewayError, from_upstream
 from gateway.edge.forwarding import FORWARD_DROP, server_port, untrusted_headers
 from gateway.edge.head import RequestHead
 from gateway.edge.headers import connection_tokens, filter_response_headers
+from gateway.pipeline import grpc
 from gateway.pipeline.disconnect_watch import WATCH_AFTER, DisconnectWatch
 from gateway.pipeline.request_body import BUFFER_LIMIT, read_all, stream_request, timed
 from gateway.pipeline.server_timing import header as timing_header
@@ -121,6 +122,13 @@ class UpstreamDispatch:
         else:
             body = stream_request(body_receive, first, max_body, ctx)
             length = declared
+        # Trailers can reach the client only over HTTP/2 on Hypercorn (the ASGI extension),
+        # and only when it asked for them; then an HTTP/2 upstream is asked too (gRPC).
+        trailers = (
+            upstream.spec.http2
+            and "http.response.trailers" in scope.get("extensions", ())
+            and any(n == b"te" and b"trailers" in v.lower() for n, v in scope["headers"])
+        )
         request = UpstreamRequest(
             scope["method"].encode("ascii"),
             target,
@@ -131,6 +139,7 @@ class UpstreamDispatch:
             policy=runtime.retry,
             client=ctx.client_ip,
             request_id=ctx.request_id.decode("ascii"),
+            trailers=trailers,
         )
         # -- exchange ----------------------------------------------------------------------
         loop = asyncio.get_running_loop()
@@ -148,7 +157,7 @@ class UpstreamDispatch:
                 ctx.upstream_time = perf_counter() - ctx.upstream_start
             ctx.retries = response.retries
             ctx.upstream_target = response.sent_to
-            await self._respond(response, send, runtime, ctx)
+            await self._respond(response, send, runtime, ctx, trailers)
         except asyncio.CancelledError:
             if watch.disconnected:
                 task = asyncio.current_task()
@@ -166,8 +175,17 @@ class UpstreamDispatch:
         send: Send,
         runtime: RouteRuntime,
         ctx: RequestContext,
+        trailers: bool = False,
     ) -> None:
         headers = filter_response_headers(response.headers)
+        # gRPC's outcome is in trailers (gateway/pipeline/grpc.py): relayed when the client
+        # takes them from an upstream that can send them.
+        relay = (
+            trailers and response.trailers is not None and grpc.is_grpc(grpc.content_type(headers))
+        )
+        trailers_only: list[tuple[bytes, bytes]] | None = None
+        if relay and grpc.trailers_only(headers):
+            headers, trailers_only = grpc.split_trailers_only(headers)
         headers.append((self._id_header, ctx.request_id))
         if self._via:  # the protocol the gateway received the response in, then its name
             upstream = runtime.upstream
@@ -182,10 +200,15 @@ class UpstreamDispatch:
             headers.append(timing_header(ctx))
         ctx.status = response.status
         start = {"type": "http.response.start", "status": response.status, "headers": headers}
+        if relay:
+            start["trailers"] = True
         if response.complete:
             await send(start)
             ctx.bytes_out = len(response.first)
             await send({"type": "http.response.body", "body": response.first})
+            if relay:
+                end = trailers_only or grpc.with_status(response.trailers or [])
+                await send({"type": "http.response.trailers", "headers": end})
             return
         sent = 0
         try:
@@ -216,3 +239,8 @@ class UpstreamDispatch:
             ctx.bytes_out = sent
             await response.aclose()
         await send({"type": "http.response.body", "body": b""})
+        if relay:
+            end = trailers_only or grpc.with_status(
+                filter_response_headers(response.trailers or [])
+            )
+            await send({"type": "http.response.trailers", "headers": end})

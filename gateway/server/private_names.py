@@ -23,6 +23,14 @@ WRITTEN_FOR: Final = {"hypercorn": ("hypercorn", "0.18"), "uvicorn": ("uvicorn",
 _HTTP: Final = "uvicorn.protocols.http.httptools_impl"
 _WS: Final = "uvicorn.protocols.websockets.websockets_sansio_impl"
 
+#: Not a server's: upstreams/h2/connection.py lets streams a GOAWAY spared finish by moving
+#: hyper-h2's connection state back to open. Checked by every engine.
+_UPSTREAM: Final = (
+    ("h2.connection", "H2Connection.state_machine"),
+    ("h2.connection", "H2ConnectionStateMachine.state"),
+    ("h2.connection", "ConnectionState.CLIENT_OPEN"),
+)
+
 #: server -> (module, dotted name) pairs.
 NAMES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "hypercorn": (
@@ -82,6 +90,7 @@ NAMES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("wsproto.extensions", "PerMessageDeflate._inbound_compressed"),
         ("wsproto.extensions", "PerMessageDeflate._inbound_is_compressible"),
         ("wsproto.extensions", "PerMessageDeflate._decompressor"),
+        *_UPSTREAM,
     ),
     "uvicorn": (
         # gateway/server/uvicorn_http.py
@@ -110,6 +119,7 @@ NAMES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("uvicorn.server", "Server.capture_signals"),
         ("uvicorn.server", "Server.server_state"),
         ("uvicorn.server", "ServerState.connections"),
+        *_UPSTREAM,
     ),
 }
 

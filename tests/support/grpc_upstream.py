@@ -1,0 +1,115 @@
+"""A real grpcio server for end-to-end tests, with raw-bytes methods (no generated code).
+
+Service ``test.Echo``; a request or reply is the message's bytes as they are:
+
+  Unary           replies with the request; ``fail`` aborts INVALID_ARGUMENT "bad thing"
+                  with trailing metadata ``detail-bin`` (bytes 0..255) and ``note: kept``
+  ServerStream    request ``N``: N replies ``0``, ``1``, ... then OK
+  ClientStream    replies with the count and total length of the requests (``3/12``)
+  Bidi            replies to each request at once with the same bytes
+  Hang            never replies; sets ``cancelled`` when the call is cancelled
+
+Every call's method and metadata go on ``calls``; ``cancelled`` is a threading event tests
+wait on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+SERVICE = "test.Echo"
+DETAIL = bytes(range(256))
+
+
+class GrpcUpstream:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.cancelled = threading.Event()
+        self.port = 0
+        self._server: grpc.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GrpcUpstream:
+        handlers = {
+            "Unary": grpc.unary_unary_rpc_method_handler(self._unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(self._server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(self._client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(self._bidi),
+            "Hang": grpc.unary_unary_rpc_method_handler(self._hang),
+        }
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=32),
+            options=[
+                ("grpc.max_receive_message_length", 8 << 20),
+                ("grpc.max_send_message_length", 8 << 20),
+            ],
+        )
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=None).wait()
+
+    def _record(self, context: grpc.ServicerContext, method: str) -> None:
+        self.calls.append((method, dict(context.invocation_metadata())))
+
+    def _unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._record(context, "Unary")
+        if request == b"fail":
+            context.set_trailing_metadata((("detail-bin", DETAIL), ("note", "kept")))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad thing")
+        return request
+
+    def _server_stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._record(context, "ServerStream")
+        for i in range(int(request)):
+            yield str(i).encode()
+
+    def _client_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        self._record(context, "ClientStream")
+        count = total = 0
+        for request in requests:
+            count += 1
+            total += len(request)
+        return f"{count}/{total}".encode()
+
+    def _bidi(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._record(context, "Bidi")
+        for request in requests:
+            yield request
+
+    def _hang(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._record(context, "Hang")
+        done = threading.Event()
+        context.add_callback(lambda: (self.cancelled.set(), done.set()))
+        done.wait(60)
+        return b""
+
+
+def channel(port: int) -> grpc.Channel:
+    """A plaintext (h2c prior knowledge) channel to 127.0.0.1:``port``, big messages allowed."""
+    return grpc.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.max_receive_message_length", 8 << 20),
+            ("grpc.max_send_message_length", 8 << 20),
+            ("grpc.enable_retries", 0),
+        ],
+    )
+
+
+def method(chan: grpc.Channel, kind: str, name: str) -> Any:
+    """``chan``'s callable for ``/test.Echo/name`` of ``kind`` (unary_unary, ...), raw bytes."""
+    return getattr(chan, kind)(f"/{SERVICE}/{name}")
