@@ -12,7 +12,7 @@ import queue
 import threading
 from collections.abc import Iterator
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 import pytest
 
 from tests.support.gateway import GatewayProcess
@@ -72,9 +72,9 @@ def test_status_message_and_binary_trailers_come_back_as_the_upstream_sent_them(
     with pytest.raises(grpc.RpcError) as raised:
         call(b"fail", timeout=10)
     error = raised.value
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert error.details() == "bad thing"  # type: ignore[attr-defined]
-    trailing = dict(error.trailing_metadata())  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "bad thing"
+    trailing = dict(error.trailing_metadata())
     assert trailing["detail-bin"] == DETAIL
     assert trailing["note"] == "kept"
 
@@ -125,7 +125,7 @@ def test_a_deadline_cancels_the_upstream_call(
     grpc_upstream.cancelled.clear()
     with pytest.raises(grpc.RpcError) as raised:
         method(chan, "unary_unary", "Hang")(b"", timeout=1)
-    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The client's RST_STREAM went through the gateway to the upstream's stream.
     assert grpc_upstream.cancelled.wait(10)
 

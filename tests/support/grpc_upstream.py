@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 
 SERVICE = "test.Echo"
 DETAIL = bytes(range(256))
@@ -87,13 +87,17 @@ class GrpcUpstream:
 
     def _bidi(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         self._record(context, "Bidi")
-        for request in requests:
-            yield request
+        yield from requests  # each reply as its request comes
 
     def _hang(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._record(context, "Hang")
         done = threading.Event()
-        context.add_callback(lambda: (self.cancelled.set(), done.set()))
+
+        def cancelled() -> None:
+            self.cancelled.set()
+            done.set()
+
+        context.add_callback(cancelled)
         done.wait(60)
         return b""
 
