@@ -8,26 +8,63 @@ binary trailers from the upstream, big messages both ways, many calls on one cha
 
 from __future__ import annotations
 
+import hashlib
+import json
 import queue
-import threading
+import socket
+import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc  # type: ignore[import-untyped]
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, dead_port
 from tests.support.grpc_upstream import DETAIL, GrpcUpstream, channel, method
+from tests.support.observability import Admin, value, wait_until
 
 CONFIG = """
+{admin}
+[access_log]
+path = "{log}"
+format = "json"
+flush_interval = 0.05
+
 [upstreams.grpc]
 targets = ["{url}"]
 http2 = true
+
+[upstreams.dead]
+targets = ["http://127.0.0.1:{dead}"]
+http2 = true
+
+[consumers.alice]
+api_key_sha256 = ["{key_sha}"]
 
 [[routes]]
 name = "echo"
 path = "/test.Echo"
 upstream = "grpc"
+
+[[routes]]
+name = "secret"
+path = "/secret.Echo"
+upstream = "grpc"
+prefix_rewrite = "/test.Echo"
+[routes.auth]
+api_key = true
+
+[[routes]]
+name = "dead"
+path = "/dead.Echo"
+upstream = "dead"
 """
+KEY = "grpc-key-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +74,55 @@ def grpc_upstream() -> Iterator[GrpcUpstream]:
     server.stop()
 
 
+@dataclass
+class Gateway:
+    process: GatewayProcess
+    admin: Admin
+    access_log: Path
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    def logged(self, request_id: str) -> dict[str, Any]:
+        """The access-log entry of ``request_id``, once written."""
+
+        def find() -> dict[str, Any] | None:
+            if not self.access_log.exists():
+                return None
+            for line in self.access_log.read_text().splitlines():
+                entry = json.loads(line)
+                if entry["request_id"] == request_id:
+                    return entry  # type: ignore[no-any-return]
+            return None
+
+        return wait_until(find, what=f"access log line of {request_id}")
+
+
 @pytest.fixture(scope="module")
 def gateway(
     grpc_upstream: GrpcUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    config = tmp_path_factory.mktemp("grpc") / "gateway.toml"
-    config.write_text(CONFIG.format(url=grpc_upstream.url))
+) -> Iterator[Gateway]:
+    folder = tmp_path_factory.mktemp("grpc")
+    admin = Admin()
+    log = folder / "access.log"
+    config = folder / "gateway.toml"
+    config.write_text(
+        CONFIG.format(
+            url=grpc_upstream.url,
+            admin=admin.section(),
+            log=log,
+            dead=dead_port(),
+            key_sha=hashlib.sha256(KEY.encode()).hexdigest(),
+        )
+    )
     process = GatewayProcess(config, engine="hypercorn").start()
-    yield process
+    yield Gateway(process, admin, log)
     process.stop()
 
 
 @pytest.fixture
-def chan(gateway: GatewayProcess) -> Iterator[grpc.Channel]:
+def chan(gateway: Gateway) -> Iterator[grpc.Channel]:
     with channel(gateway.port) as opened:
         yield opened
 
@@ -130,7 +203,104 @@ def test_a_deadline_cancels_the_upstream_call(
     assert grpc_upstream.cancelled.wait(10)
 
 
+def failed(call: Any, *args: Any, **kwargs: Any) -> Any:
+    with pytest.raises(grpc.RpcError) as raised:
+        call(*args, **kwargs)
+    return raised.value
+
+
+def request_id(error: Any) -> str:
+    return str(dict(error.initial_metadata())["x-request-id"])
+
+
+def test_an_unknown_service_is_unimplemented_naming_the_cause(
+    chan: grpc.Channel, gateway: Gateway
+) -> None:
+    error = failed(chan.unary_unary("/nowhere.Service/Call"), b"x", timeout=10)
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert error.details().startswith("route_not_found: ")
+    entry = gateway.logged(request_id(error))
+    assert (entry["status"], entry["grpc_status"], entry["error"]) == (200, 12, "route_not_found")
+
+
+def test_auth_is_unauthenticated_and_credentials_let_the_call_through(
+    chan: grpc.Channel, grpc_upstream: GrpcUpstream
+) -> None:
+    call = chan.unary_unary("/secret.Echo/Unary")
+    error = failed(call, b"x", timeout=10)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details().startswith("unauthorized: ")
+    assert call(b"with key", metadata=(("x-api-key", KEY),), timeout=10) == b"with key"
+    assert grpc_upstream.calls[-1][1]["x-consumer-username"] == "alice"
+
+
+def test_a_dead_upstream_is_unavailable_naming_the_cause(chan: grpc.Channel) -> None:
+    error = failed(chan.unary_unary("/dead.Echo/Unary"), b"x", timeout=10)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details() == "upstream_unreachable: upstream 'dead': connection refused"
+
+
+def raw_call(port: int, path: bytes, headers: list[tuple[bytes, bytes]]) -> list[Any]:
+    """One gRPC call over a raw HTTP/2 connection that never gives up by itself: the events
+    the gateway sent until the stream ended."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream,
+        [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"gateway"),
+            (b":path", path), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+            *headers,
+        ],
+    )  # fmt: skip
+    conn.send_data(stream, b"\x00" + struct.pack(">I", 1) + b"x", end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events: list[Any] = []
+    with sock:
+        while not any(isinstance(e, h2.events.StreamEnded) for e in events):
+            data = sock.recv(65536)
+            assert data, f"connection closed before the stream ended: {events}"
+            events += conn.receive_data(data)
+            sock.sendall(conn.data_to_send())
+    return events
+
+
+def test_grpc_timeout_is_the_gateways_deadline_and_cancels_the_upstream(
+    gateway: Gateway, grpc_upstream: GrpcUpstream
+) -> None:
+    """The raw client waits for ever; the gateway ends the call at its grpc-timeout."""
+    grpc_upstream.cancelled.clear()
+    events = raw_call(gateway.port, b"/test.Echo/Hang", [(b"grpc-timeout", b"300m")])
+    head = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+    assert dict(head.headers)[b":status"] == b"200"
+    ending = next(e for e in events if isinstance(e, h2.events.TrailersReceived))
+    trailers = dict(ending.headers)
+    assert trailers[b"grpc-status"] == b"4", trailers  # DEADLINE_EXCEEDED
+    assert grpc_upstream.cancelled.wait(10)  # and the upstream's call was cancelled
+
+
+def test_grpc_status_is_counted_per_route(chan: grpc.Channel, gateway: Gateway) -> None:
+    before = gateway.admin.scrape()
+    unary = method(chan, "unary_unary", "Unary")
+    unary(b"ok", timeout=10)
+    failed(unary, b"fail", timeout=10)
+
+    def counted() -> bool | None:
+        after = gateway.admin.scrape()
+        name = "quartgate_grpc_responses_total"
+        grew = [
+            value(after, name, route="echo", grpc_status=code)
+            - value(before, name, route="echo", grpc_status=code)
+            for code in ("0", "3")
+        ]
+        return grew == [1, 1] or None
+
+    wait_until(counted, what="grpc-status 0 and 3 counted once each")
+
+
 def test_the_gateway_keeps_serving_after_every_kind_of_call(chan: grpc.Channel) -> None:
-    done = threading.Event()
     assert method(chan, "unary_unary", "Unary")(b"still here", timeout=10) == b"still here"
-    done.set()

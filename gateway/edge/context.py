@@ -22,6 +22,7 @@ class RequestContext:
         "extra",
         "forwarding",
         "gateway_time",
+        "grpc_status",
         "head_time",
         "host",
         "params",
@@ -66,6 +67,8 @@ class RequestContext:
         self.connect_time = 0.0
         self.retries = 0
         self.status = 0
+        #: A gRPC call's ``grpc-status`` as the client got it; None for other requests.
+        self.grpc_status: int | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         #: The error code when the gateway answered itself ("route_not_found", ...).

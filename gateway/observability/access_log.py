@@ -49,6 +49,7 @@ FIELDS = (
     "retry_ms",
     "retries",
     "error",
+    "grpc_status",
 )
 Entry = tuple[Any, ...]
 
@@ -214,6 +215,7 @@ def _fields(entry: Entry) -> Entry:
         retry_time,
         ctx.retries,
         ctx.error,
+        ctx.grpc_status,
     )
 
 
@@ -245,6 +247,7 @@ def format_text(fields: Entry) -> str:
         _retry,
         retries,
         error,
+        grpc_status,
     ) = fields
     when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(start))
     request = _escape(f"{method} {path} HTTP/{protocol}")
@@ -255,6 +258,7 @@ def format_text(fields: Entry) -> str:
         f"gt={'-' if gateway_duration is None else f'{gateway_duration / 1000:.3f}'} "
         f"route={route or '-'} upstream={upstream or '-'} target={target or '-'} "
         f"retries={retries} error={error or '-'} rid={_escape(request_id)}"
+        + ("" if grpc_status is None else f" grpc={grpc_status}")
     )
 
 

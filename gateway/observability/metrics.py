@@ -104,6 +104,13 @@ class GatewayMetrics:
             ["route", "upstream"],
             registry=registry,
         )
+        self.grpc_responses = Counter(
+            "quartgate_grpc_responses",
+            "gRPC calls by route and the grpc-status the client got (the upstream's, or the "
+            "gateway's own for a call it answered: docs/grpc.md).",
+            ["route", "grpc_status"],
+            registry=registry,
+        )
         self.gateway_errors = Counter(
             "quartgate_gateway_errors",
             "Requests the gateway answered itself with an error, by error code.",
@@ -316,13 +323,14 @@ class GatewayMetrics:
 class MetricsObserver:
     """The per-request part: counters and histograms, children cached by their labels."""
 
-    __slots__ = ("_by_error", "_by_request", "_by_route", "_by_upstream", "_metrics")
+    __slots__ = ("_by_error", "_by_grpc", "_by_request", "_by_route", "_by_upstream", "_metrics")
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
         self._by_request: dict[tuple[str, str, int], Any] = {}
         self._by_route: dict[tuple[str, str], _RouteChildren] = {}
         self._by_error: dict[tuple[str, str], Any] = {}
+        self._by_grpc: dict[tuple[str, int], Any] = {}
         self._by_upstream: dict[tuple[str, int], Any] = {}
 
     def request_finished(self, ctx: RequestContext) -> None:
@@ -364,8 +372,14 @@ class MetricsObserver:
                     name, ctx.error
                 )
             errors.inc()
-            if status == 429:
+            if status == 429 or ctx.error == "rate_limited":  # a gRPC call's is an HTTP 200
                 children.rate_limited.inc()
+        if ctx.grpc_status is not None:
+            calls = self._by_grpc.get((name, ctx.grpc_status))
+            if calls is None:
+                calls = self._metrics.grpc_responses.labels(name, str(ctx.grpc_status))
+                self._by_grpc[(name, ctx.grpc_status)] = calls
+            calls.inc()
 
     def session_opened(self, session: Session) -> None:
         self._metrics.sessions.opened(session)

@@ -1,7 +1,8 @@
 """The error-mapping stage: how a request the gateway answers itself ends, for HTTP requests
 and WebSocket handshakes alike.
 
-A :class:`GatewayError` becomes the JSON error response and one log line (a warning for
+A :class:`GatewayError` becomes the JSON error response (for a gRPC call: HTTP 200 with
+``grpc-status`` and ``grpc-message``, gateway/pipeline/grpc.py) and one log line (a warning for
 5xx; a client's 4xx is the access log's business, so the error log gets it at debug when
 an access log carries it, at info otherwise); a policy's :class:`Reply` is sent as it is;
 a :class:`ClientDisconnected` is logged (nobody is left to answer) and counted as 499.
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 from gateway.asgi_types import Send
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError, Reply, error_body, send_error
+from gateway.pipeline import grpc
 
 if TYPE_CHECKING:
     from gateway.state import RouteRuntime
@@ -77,6 +79,13 @@ class ErrorMapping:
         rid = self.logged(ctx, error)
         if ctx.response_headers:
             error.headers.extend(ctx.response_headers)
+        if grpc.is_grpc_request(ctx.scope):  # its client reads grpc-status, not a JSON body
+            code = ctx.grpc_status = grpc.status_of(error.status)
+            ctx.status = 200
+            headers = [(self._id_header, ctx.request_id), *error.headers]
+            text = f"{error.code}: {error.detail}"
+            await grpc.send_status(send, ctx.scope, code, text, headers)
+            return
         await send_error(send, error, rid, self._id_header)
 
     async def replied(self, ctx: RequestContext, reply: Reply, send: Send) -> None:

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from gateway.asgi_types import Scope, Send
+from gateway.edge.context import RequestContext
+
 Headers = list[tuple[bytes, bytes]]
 
 #: gRPC status codes (grpc/doc/statuscodes.md).
@@ -99,3 +102,68 @@ def message(text: str) -> bytes:
         else:
             out += b"%%%02X" % byte
     return bytes(out)
+
+
+def is_grpc_request(scope: Scope) -> bool:
+    """The request says it is a gRPC call (its ``content-type``)."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bool(value.startswith(b"application/grpc"))
+    return False
+
+
+def takes_trailers(scope: Scope) -> bool:
+    """The client can be sent trailers: HTTP/2 on Hypercorn, and it sent ``te: trailers``."""
+    if "http.response.trailers" not in scope.get("extensions", ()):
+        return False
+    return any(n == b"te" and b"trailers" in v.lower() for n, v in scope["headers"])
+
+
+def status_of(http_status: int) -> int:
+    return FROM_HTTP.get(http_status, UNAVAILABLE if http_status >= 500 else UNKNOWN)
+
+
+def status(code: int, text: str) -> Headers:
+    """The trailers of a call the gateway ends with ``code``."""
+    return [(b"grpc-status", b"%d" % code), (b"grpc-message", message(text))]
+
+
+async def send_trailers(send: Send, ctx: RequestContext, trailers: Headers) -> None:
+    """End a relayed call with ``trailers``; its ``grpc-status`` goes to the access log."""
+    for name, value in trailers:
+        if name == b"grpc-status":
+            ctx.grpc_status = int(value) if value.isdigit() else UNKNOWN
+            break
+    await send({"type": "http.response.trailers", "headers": trailers})
+
+
+async def send_status(send: Send, scope: Scope, code: int, text: str, headers: Headers) -> None:
+    """Answer a gRPC call with ``code`` and no message: HTTP 200, ``content-type``
+    ``application/grpc``, the status in trailers (or, for a client that cannot take
+    trailers, in the head, as a trailers-only answer)."""
+    end = status(code, text)
+    head = [(b"content-type", b"application/grpc"), *headers]
+    if takes_trailers(scope):
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": head, "trailers": True}
+        )
+        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.trailers", "headers": end})
+    else:
+        await send({"type": "http.response.start", "status": 200, "headers": head + end})
+        await send({"type": "http.response.body", "body": b""})
+
+
+_UNITS: Final = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def call_deadline(scope: Scope) -> float:
+    """A gRPC call's ``grpc-timeout`` in seconds (``100m``: 0.1); 0.0 when it has none or
+    it is malformed (1-8 digits and a unit, the gRPC spec)."""
+    for name, value in scope["headers"]:
+        if name == b"grpc-timeout":
+            digits, unit = value[:-1], value[-1:]
+            if 0 < len(digits) <= 8 and digits.isdigit() and unit in _UNITS:
+                return int(digits) * _UNITS[unit]
+            return 0.0
+    return 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from time import perf_counter
 
 from gateway.asgi_types import Receive, Send
@@ -29,6 +30,7 @@ from gateway.pipeline.server_timing import measure
 from gateway.state import RouteRuntime
 from upstreams.errors import UpstreamError
 from upstreams.messages import UpstreamRequest, UpstreamResponse
+from upstreams.retry import RetryPolicy
 
 log = logging.getLogger("quartgate")
 
@@ -124,11 +126,14 @@ class UpstreamDispatch:
             length = declared
         # Trailers can reach the client only over HTTP/2 on Hypercorn (the ASGI extension),
         # and only when it asked for them; then an HTTP/2 upstream is asked too (gRPC).
-        trailers = (
-            upstream.spec.http2
-            and "http.response.trailers" in scope.get("extensions", ())
-            and any(n == b"te" and b"trailers" in v.lower() for n, v in scope["headers"])
-        )
+        trailers = upstream.spec.http2 and grpc.takes_trailers(scope)
+        policy = runtime.retry
+        deadline = 0.0  # a gRPC call's own (grpc-timeout), capped by the route's
+        if trailers and (wanted := grpc.call_deadline(scope)):
+            route_timeout = policy.timeout if policy is not None else 0.0
+            timeout = min(wanted, route_timeout) if route_timeout else wanted
+            policy = replace(policy, timeout=timeout) if policy else RetryPolicy(timeout=timeout)
+            deadline = asyncio.get_running_loop().time() + timeout
         request = UpstreamRequest(
             scope["method"].encode("ascii"),
             target,
@@ -136,7 +141,7 @@ class UpstreamDispatch:
             body,
             length,
             host if runtime.preserve_host else None,
-            policy=runtime.retry,
+            policy=policy,
             client=ctx.client_ip,
             request_id=ctx.request_id.decode("ascii"),
             trailers=trailers,
@@ -157,7 +162,7 @@ class UpstreamDispatch:
                 ctx.upstream_time = perf_counter() - ctx.upstream_start
             ctx.retries = response.retries
             ctx.upstream_target = response.sent_to
-            await self._respond(response, send, runtime, ctx, trailers)
+            await self._respond(response, send, runtime, ctx, trailers, deadline)
         except asyncio.CancelledError:
             if watch.disconnected:
                 task = asyncio.current_task()
@@ -176,6 +181,7 @@ class UpstreamDispatch:
         runtime: RouteRuntime,
         ctx: RequestContext,
         trailers: bool = False,
+        deadline: float = 0.0,
     ) -> None:
         headers = filter_response_headers(response.headers)
         # gRPC's outcome is in trailers (gateway/pipeline/grpc.py): relayed when the client
@@ -208,7 +214,7 @@ class UpstreamDispatch:
             await send({"type": "http.response.body", "body": response.first})
             if relay:
                 end = trailers_only or grpc.with_status(response.trailers or [])
-                await send({"type": "http.response.trailers", "headers": end})
+                await grpc.send_trailers(send, ctx, end)
             return
         sent = 0
         try:
@@ -219,21 +225,43 @@ class UpstreamDispatch:
                 await send(
                     {"type": "http.response.body", "body": response.first, "more_body": True}
                 )
-            async for chunk in response.body:
-                sent += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if deadline and relay:  # a gRPC deadline ends the whole call, not only its head
+                async with asyncio.timeout_at(deadline):
+                    async for chunk in response.body:
+                        sent += len(chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            else:
+                async for chunk in response.body:
+                    sent += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except TimeoutError:
+            ctx.error = "upstream_timeout"
+            await response.aclose()  # resets the upstream's stream before the client hears
+            await send({"type": "http.response.body", "body": b""})
+            await grpc.send_trailers(
+                send,
+                ctx,
+                grpc.status(grpc.DEADLINE_EXCEEDED, "upstream_timeout: grpc-timeout passed"),
+            )
+            return
         except UpstreamError as error:
             # The head is gone already: end the connection without finishing the body, so the
-            # client sees a truncated message, never one that looks complete.
+            # client sees a truncated message, never one that looks complete. A gRPC call
+            # ends with UNAVAILABLE in its trailers instead: that is never read as success.
             ctx.error = "upstream_reset_mid_body"
             log.warning(
-                "%s %s: upstream %r failed mid-body: %s; aborting client connection",
+                "%s %s: upstream %r failed mid-body: %s; %s",
                 ctx.scope["method"],
                 ctx.scope["path"],
                 ctx.upstream,
                 error,
+                "ending the call with UNAVAILABLE" if relay else "aborting client connection",
                 extra={"request_id": ctx.request_id.decode("ascii")},
             )
+            if relay:
+                failed = f"upstream_reset_mid_body: {error.public}"
+                await send({"type": "http.response.body", "body": b""})
+                await grpc.send_trailers(send, ctx, grpc.status(grpc.UNAVAILABLE, failed))
             return
         finally:
             ctx.bytes_out = sent
@@ -243,4 +271,4 @@ class UpstreamDispatch:
             end = trailers_only or grpc.with_status(
                 filter_response_headers(response.trailers or [])
             )
-            await send({"type": "http.response.trailers", "headers": end})
+            await grpc.send_trailers(send, ctx, end)
