@@ -11,21 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
-import socket
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
-import h2.config
-import h2.connection
 import h2.events
 import pytest
 
 from tests.support.gateway import GatewayProcess, dead_port
-from tests.support.grpc_upstream import DETAIL, GrpcUpstream, channel, method
+from tests.support.grpc_upstream import DETAIL, GrpcUpstream, channel, method, raw_call
 from tests.support.observability import Admin, value, wait_until
 
 CONFIG = """
@@ -238,35 +234,6 @@ def test_a_dead_upstream_is_unavailable_naming_the_cause(chan: grpc.Channel) -> 
     error = failed(chan.unary_unary("/dead.Echo/Unary"), b"x", timeout=10)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error.details() == "upstream_unreachable: upstream 'dead': connection refused"
-
-
-def raw_call(port: int, path: bytes, headers: list[tuple[bytes, bytes]]) -> list[Any]:
-    """One gRPC call over a raw HTTP/2 connection that never gives up by itself: the events
-    the gateway sent until the stream ended."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
-    )
-    conn.initiate_connection()
-    stream = conn.get_next_available_stream_id()
-    conn.send_headers(
-        stream,
-        [
-            (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"gateway"),
-            (b":path", path), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
-            *headers,
-        ],
-    )  # fmt: skip
-    conn.send_data(stream, b"\x00" + struct.pack(">I", 1) + b"x", end_stream=True)
-    sock.sendall(conn.data_to_send())
-    events: list[Any] = []
-    with sock:
-        while not any(isinstance(e, h2.events.StreamEnded) for e in events):
-            data = sock.recv(65536)
-            assert data, f"connection closed before the stream ended: {events}"
-            events += conn.receive_data(data)
-            sock.sendall(conn.data_to_send())
-    return events
 
 
 def test_grpc_timeout_is_the_gateways_deadline_and_cancels_the_upstream(

@@ -15,12 +15,17 @@ wait on.
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
+import h2.config
+import h2.connection
+import h2.events
 
 SERVICE = "test.Echo"
 DETAIL = bytes(range(256))
@@ -117,3 +122,39 @@ def channel(port: int) -> grpc.Channel:
 def method(chan: grpc.Channel, kind: str, name: str) -> Any:
     """``chan``'s callable for ``/test.Echo/name`` of ``kind`` (unary_unary, ...), raw bytes."""
     return getattr(chan, kind)(f"/{SERVICE}/{name}")
+
+
+def frame(message: bytes) -> bytes:
+    """One gRPC length-prefixed message (not compressed)."""
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def raw_call(
+    port: int, path: bytes, headers: list[tuple[bytes, bytes]] | None = None, message: bytes = b"x"
+) -> list[Any]:
+    """One gRPC call over a raw HTTP/2 connection that never gives up by itself: the events
+    the gateway sent until the stream ended."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream,
+        [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"gateway"),
+            (b":path", path), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+            *(headers or []),
+        ],
+    )  # fmt: skip
+    conn.send_data(stream, frame(message), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events: list[Any] = []
+    with sock:
+        while not any(isinstance(e, h2.events.StreamEnded) for e in events):
+            data = sock.recv(65536)
+            assert data, f"connection closed before the stream ended: {events}"
+            events += conn.receive_data(data)
+            sock.sendall(conn.data_to_send())
+    return events

@@ -55,6 +55,47 @@ STREAM_WINDOW: Final = 1 << 20
 CONNECTION_WINDOW: Final = 16 << 20
 
 
+class FrameBoundaries:
+    """Follows frame boundaries across reads (a frame: a 9-byte header, its length in the
+    first 3) to find where a GOAWAY ends; only headers are looked at, never payloads."""
+
+    __slots__ = ("_goaway", "_head", "_skip")
+
+    GOAWAY: Final = 0x7
+
+    def __init__(self) -> None:
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._goaway = False  # ... and that frame is a GOAWAY
+        self._head = b""  # a frame header split across reads
+
+    def after_goaway(self, data: bytes) -> int | None:
+        """The offset in ``data`` just past the first GOAWAY frame ending in it, if any;
+        the boundaries are followed up to there (or to the end of ``data``)."""
+        at, size = 0, len(data)
+        while at < size:
+            if self._skip:
+                step = min(self._skip, size - at)
+                self._skip -= step
+                at += step
+                if not self._skip and self._goaway:
+                    self._goaway = False
+                    return at
+                continue
+            need = 9 - len(self._head)
+            head = self._head + data[at : at + need]
+            at += len(head) - len(self._head)
+            if len(head) < 9:
+                self._head = head
+                return None
+            self._head = b""
+            self._skip = int.from_bytes(head[:3], "big")
+            self._goaway = head[3] == self.GOAWAY
+            if not self._skip and self._goaway:  # (a GOAWAY has at least 8 payload bytes)
+                self._goaway = False
+                return at
+        return None
+
+
 class StreamRefused(UpstreamProtocolError):
     """The server refused the stream before processing it: safe to send again elsewhere."""
 
@@ -164,7 +205,7 @@ class H2Connection(asyncio.Protocol):
         self._ping: asyncio.TimerHandle | None = None
         self._pong: asyncio.TimerHandle | None = None
         self._writable: asyncio.Future[None] | None = None
-        self.closed_event = asyncio.Event()
+        self._frames = FrameBoundaries()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,6 +223,19 @@ class H2Connection(asyncio.Protocol):
         self._ping = self.loop.call_later(PING_INTERVAL, self._send_ping)
 
     def data_received(self, data: bytes) -> None:
+        # A GOAWAY is fed to hyper-h2 alone, up to its last byte: hyper-h2 closes its state
+        # machine on it and would refuse the frames after it in the same read (the
+        # responses of the streams the GOAWAY spared) before _goaway could reopen it.
+        cut = self._frames.after_goaway(data)
+        while cut is not None:
+            self._receive(data[:cut])
+            if self.closed:
+                return
+            data = data[cut:]
+            cut = self._frames.after_goaway(data)
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as error:
@@ -307,7 +361,6 @@ class H2Connection(asyncio.Protocol):
                 except h2.exceptions.H2Error:
                     pass
             self.transport.close()
-        self.closed_event.set()
         self._changed()
 
     # -- events ----------------------------------------------------------------------------
@@ -357,6 +410,8 @@ class H2Connection(asyncio.Protocol):
         elif isinstance(event, (h2.events.RemoteSettingsChanged, h2.events.PingReceived)):
             self._control += 1
             if self._control > self._credit:
+                # hyper-h2 has queued an answer to each frame of this read: none goes out.
+                self._h2.clear_outbound_data_buffer()
                 self._h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
                 self.flush()
                 self.close(UpstreamProtocolError("upstream flooded control frames (SETTINGS/PING)"))
