@@ -7,7 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.config import ENGINES, ConfigError, GatewayConfig, Problem, load_config
+from gateway.config import (
+    ENGINES,
+    ConfigError,
+    GatewayConfig,
+    Problem,
+    engine_warnings,
+    load_config,
+)
 from gateway.environment import Environment
 from gateway.version import __version__
 from routes.model import RouteSpec
@@ -80,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
+    deferred += engine_warnings(config, config.server.engine, f"server.engine in {args.config}")
     for problem in deferred:
         print(f"warning: {problem}", file=sys.stderr)
     print(route_table(config))
@@ -182,10 +190,13 @@ def _serve(args: argparse.Namespace, environment: Environment) -> int:
         config = load_config(config_path, environ=environment.variables)
         import_apps(config)
         engine = args.engine or config.server.engine
+        chosen = f"server.engine in {config_path}" if args.engine is None else "--engine"
+        for problem in engine_warnings(config, engine, chosen):
+            print(f"warning: {problem}", file=sys.stderr)
         missing = missing_packages(engine)
         if missing:
-            where = str(config_path) if args.engine is None else "--engine"
             reason = f"{engine} needs {', '.join(missing)}: pip install -e '.[fast]'"
+            where = str(config_path) if args.engine is None else "--engine"
             raise ConfigError([Problem(where, "server.engine", reason)])
         server = load_server_config(
             server_path, bind=args.bind, workers=args.workers, engine=engine

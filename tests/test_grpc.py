@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,3 +273,39 @@ def test_grpc_status_is_counted_per_route(chan: grpc.Channel, gateway: Gateway) 
 
 def test_the_gateway_keeps_serving_after_every_kind_of_call(chan: grpc.Channel) -> None:
     assert method(chan, "unary_unary", "Unary")(b"still here", timeout=10) == b"still here"
+
+
+def test_check_and_serve_say_the_uvicorn_engine_has_no_http2(
+    grpc_upstream: GrpcUpstream, tmp_path: Path
+) -> None:
+    config = tmp_path / "gateway.toml"
+    text = '[upstreams.grpc]\ntargets = ["{url}"]\nhttp2 = true\n[[routes]]\nname = "echo"\n'
+    text += 'path = "/test.Echo"\nupstream = "grpc"\n'
+    config.write_text('[server]\nengine = "uvicorn"\n' + text.format(url=grpc_upstream.url))
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0  # a warning: HTTP/1.1 clients are still served
+    expected = (
+        f'warning: {config}: routes[0] "echo".upstream: upstream \'grpc\' has http2 = true, '
+        f"but the uvicorn engine (server.engine in {config}) serves HTTP/1.1 only"
+    )
+    assert expected in done.stderr
+    config.write_text(text.format(url=grpc_upstream.url))  # the default engine: no warning
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "warning" not in done.stderr
+    gateway = GatewayProcess(config, engine="uvicorn").start()
+    try:
+        assert "the uvicorn engine (--engine) serves HTTP/1.1 only" in (
+            gateway.log.read_text()
+        )
+    finally:
+        gateway.stop()

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from gateway.config.loader import load_config, parse_config
+from gateway.config.loader import engine_warnings, load_config, parse_config
 from gateway.config.model import (
     ENGINES,
     AppUpstreamSpec,
@@ -33,6 +33,7 @@ __all__ = [
     "Problem",
     "RoutePolicies",
     "ServerSettings",
+    "engine_warnings",
     "load_config",
     "parse_config",
 ]

@@ -120,3 +120,23 @@ def _frozen(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _frozen(item) for key, item in value.items()}
     return value
+
+
+def engine_warnings(config: GatewayConfig, engine: str, where: str) -> list[Problem]:
+    """What the chosen engine cannot serve that the config expects: the uvicorn engine has
+    no HTTP/2, so a route to an ``http2 = true`` upstream gets HTTP/1.1 clients only (no
+    gRPC, which needs HTTP/2 and trailers end to end: docs/grpc.md). ``where``: where the
+    engine was chosen (``server.engine in FILE``, ``--engine``)."""
+    if engine != "uvicorn":
+        return []
+    found = []
+    for index, route in enumerate(config.routes):
+        spec = config.upstreams.get(route.upstream)
+        if spec is not None and spec.http2:
+            reason = (
+                f"upstream {route.upstream!r} has http2 = true, but the uvicorn engine "
+                f"({where}) serves HTTP/1.1 only: gRPC and other HTTP/2 "
+                "clients need the Hypercorn engine"
+            )
+            found.append(Problem(config.source, f'routes[{index}] "{route.name}".upstream', reason))
+    return found
