@@ -22,6 +22,17 @@ import grpc  # type: ignore[import-untyped]
 import h2.events
 import pytest
 
+from gateway.pipeline.grpc import (
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    message,
+    status_of,
+)
 from tests.support.gateway import GatewayProcess, dead_port
 from tests.support.grpc_upstream import DETAIL, GrpcUpstream, channel, method, raw_call
 from tests.support.observability import Admin, value, wait_until
@@ -250,6 +261,27 @@ def test_grpc_timeout_is_the_gateways_deadline_and_cancels_the_upstream(
     trailers = dict(ending.headers)
     assert trailers[b"grpc-status"] == b"4", trailers  # DEADLINE_EXCEEDED
     assert grpc_upstream.cancelled.wait(10)  # and the upstream's call was cancelled
+
+
+def test_a_client_that_takes_no_trailers_gets_the_status_in_the_head(gateway: Gateway) -> None:
+    events = raw_call(gateway.port, b"/nowhere.Service/Call", te=False)
+    (head,) = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    headers = dict(head.headers)
+    assert (headers[b":status"], headers[b"grpc-status"]) == (b"200", b"12")
+    assert headers[b"grpc-message"].startswith(b"route_not_found: ")
+    assert not [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+
+
+def test_the_gateways_statuses_and_messages_follow_the_grpc_spec() -> None:
+    expected = {
+        400: INTERNAL, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED, 404: UNIMPLEMENTED,
+        405: UNIMPLEMENTED, 408: DEADLINE_EXCEEDED, 413: RESOURCE_EXHAUSTED,
+        429: RESOURCE_EXHAUSTED, 431: RESOURCE_EXHAUSTED, 502: UNAVAILABLE, 503: UNAVAILABLE,
+        504: DEADLINE_EXCEEDED,
+    }  # fmt: skip
+    assert {code: status_of(code) for code in expected} == expected
+    assert message("no route for /a.B/C") == b"no route for /a.B/C"
+    assert message("héllo 100%\n") == b"h%C3%A9llo 100%25%0A"
 
 
 def test_grpc_status_is_counted_per_route(chan: grpc.Channel, gateway: Gateway) -> None:

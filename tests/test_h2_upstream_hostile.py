@@ -195,6 +195,81 @@ def test_a_settings_flood_is_answered_enhance_your_calm(make_gateway: Start) -> 
         assert httpx.get(gateway.url + "/calm", timeout=10).text == "/calm"
 
 
+GRPC_HEAD = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+def test_a_grpc_response_without_grpc_status_ends_internal(make_gateway: Start) -> None:
+    def no_status(peer: Peer) -> None:
+        (request,) = peer.request()
+        assert request.headers[b"te"] == b"trailers"  # forwarded, as gRPC servers require
+        peer.conn.send_headers(request.stream_id, GRPC_HEAD)
+        peer.conn.send_data(request.stream_id, frame(b"reply"), end_stream=True)  # no trailers
+        peer.flush()
+        peer.drain()
+
+    with ScriptedH2Upstream([no_status]) as upstream:
+        gateway = gateway_for(make_gateway, upstream)
+        events = raw_call(gateway.port, b"/svc/Call")
+        data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        assert data == frame(b"reply")
+        (ending,) = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+        assert dict(ending.headers)[b"grpc-status"] == b"13"
+
+
+def test_grpc_timeout_bounds_the_whole_call_after_its_head(make_gateway: Start) -> None:
+    given_up = threading.Event()
+
+    def head_then_silence(peer: Peer) -> None:
+        (request,) = peer.request()
+        peer.conn.send_headers(request.stream_id, GRPC_HEAD)
+        peer.conn.send_data(request.stream_id, frame(b"first"))
+        peer.flush()
+        peer.until(lambda: bool(peer.resets), timeout=30)  # the gateway gives the call up
+        given_up.set()
+
+    with ScriptedH2Upstream([head_then_silence]) as upstream:
+        gateway = gateway_for(make_gateway, upstream)
+        events = raw_call(gateway.port, b"/svc/Call", [(b"grpc-timeout", b"500m")])
+        data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        assert data == frame(b"first")
+        (ending,) = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+        assert dict(ending.headers)[b"grpc-status"] == b"4"  # DEADLINE_EXCEEDED
+        assert given_up.wait(10)
+        assert upstream.connection(0).resets == [(1, h2.errors.ErrorCodes.CANCEL)]
+
+
+def test_a_stream_outlives_the_route_timeout_while_its_messages_keep_coming(
+    make_gateway: Start,
+) -> None:
+    """The route's timeout is to the head; after it, only silence longer than read_timeout
+    ends a call, not its length."""
+    sent = threading.Event()
+
+    def trickle(peer: Peer) -> None:
+        (request,) = peer.request()
+        peer.conn.send_headers(request.stream_id, GRPC_HEAD)
+        peer.flush()
+        for i in range(6):  # 6 x 0.2 s: over twice the route's timeout
+            peer.conn.send_data(request.stream_id, frame(b"%d" % i))
+            peer.flush()
+            sent.wait(0.2)
+        peer.conn.send_headers(request.stream_id, [(b"grpc-status", b"0")], end_stream=True)
+        peer.flush()
+        peer.drain()
+
+    with ScriptedH2Upstream([trickle]) as upstream:
+        gateway = make_gateway(
+            CONFIG.format(url=upstream.url).replace(
+                'upstream = "h2"\n', 'upstream = "h2"\ntimeout = 0.5\n'
+            )
+        )
+        events = raw_call(gateway.port, b"/svc/Stream")
+        data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        assert data == b"".join(frame(b"%d" % i) for i in range(6))
+        (ending,) = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+        assert dict(ending.headers)[b"grpc-status"] == b"0"
+
+
 # ---- the sender alone ----------------------------------------------------------------------
 
 
@@ -285,3 +360,38 @@ def test_frame_boundaries_find_a_goaways_end_however_the_bytes_are_cut() -> None
             rest = boundaries.after_goaway(wire[cut:])
             assert rest is not None and cut + rest == end, cut
     assert FrameBoundaries().after_goaway(data.serialize() + head.serialize()) is None
+
+
+async def test_streams_are_bounded_per_connection_and_connections_per_target() -> None:
+    hold = threading.Event()
+
+    def held(peer: Peer) -> None:
+        requests = peer.request(2, timeout=30)  # two streams at once on this connection
+        hold.wait(30)
+        for request in requests:
+            peer.respond(request.stream_id, body=b"done")
+        peer.drain(30)
+
+    with ScriptedH2Upstream([held]) as upstream:
+        sender = sender_for(upstream, max_concurrent_streams=2, max_connections=2, pool_timeout=0.3)
+        try:
+            calls = [
+                asyncio.ensure_future(sender.send(UpstreamRequest(b"GET", b"/%d" % i, [])))
+                for i in range(5)
+            ]
+            # Two connections of two streams: the fifth call finds no stream in time.
+            done, _ = await asyncio.wait(calls, timeout=30, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [c for c in done if c.exception() is not None]
+            assert len(failed) == 1
+            assert "no free HTTP/2 stream" in str(failed[0].exception())
+            assert len(upstream.peers) == 2
+            assert [len(p.requests) for p in upstream.peers] == [2, 2]
+            hold.set()
+            for call in calls:
+                if call not in failed:
+                    response = await call
+                    assert b"".join([c async for c in response.body]) == b"done"
+                    await response.aclose()
+        finally:
+            hold.set()
+            await sender.aclose()

@@ -130,10 +130,15 @@ def frame(message: bytes) -> bytes:
 
 
 def raw_call(
-    port: int, path: bytes, headers: list[tuple[bytes, bytes]] | None = None, message: bytes = b"x"
+    port: int,
+    path: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    message: bytes = b"x",
+    *,
+    te: bool = True,
 ) -> list[Any]:
     """One gRPC call over a raw HTTP/2 connection that never gives up by itself: the events
-    the gateway sent until the stream ended."""
+    the gateway sent until the stream ended. ``te``: send ``te: trailers``."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=15)
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding=None)
@@ -144,8 +149,8 @@ def raw_call(
         stream,
         [
             (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"gateway"),
-            (b":path", path), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
-            *(headers or []),
+            (b":path", path), (b"content-type", b"application/grpc"),
+            *([(b"te", b"trailers")] if te else []), *(headers or []),
         ],
     )  # fmt: skip
     conn.send_data(stream, frame(message), end_stream=True)
