@@ -206,10 +206,16 @@ class H2Connection(asyncio.Protocol):
         self._pong: asyncio.TimerHandle | None = None
         self._writable: asyncio.Future[None] | None = None
         self._frames = FrameBoundaries()
+        self._early: bytearray | None = bytearray()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def start(self) -> None:
+        """Send the preface and settings: called by the sender once the connection is the
+        right one (for TLS, once ALPN chose h2), never before, so a server that did not
+        choose h2 is sent no HTTP/2 byte."""
         h2c = self._h2
         h2c.initiate_connection()
         h2c.update_settings(
@@ -221,8 +227,14 @@ class H2Connection(asyncio.Protocol):
         h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
         self._ping = self.loop.call_later(PING_INTERVAL, self._send_ping)
+        early, self._early = self._early, None
+        if early:
+            self.data_received(bytes(early))
 
     def data_received(self, data: bytes) -> None:
+        if self._early is not None:  # before start(): the server's settings, kept for it
+            self._early += data
+            return
         # A GOAWAY is fed to hyper-h2 alone, up to its last byte: hyper-h2 closes its state
         # machine on it and would refuse the frames after it in the same read (the
         # responses of the streams the GOAWAY spared) before _goaway could reopen it.

@@ -210,6 +210,7 @@ class H2Sender:
                     f"{self._url} did not negotiate HTTP/2 (ALPN: {chosen!r})",
                     public="upstream does not speak HTTP/2",
                 )
+        conn.start()
         conn.connect_time = perf_counter() - began
         conn.last_used = loop.time()
         conn.on_change = self._changed
