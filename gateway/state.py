@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from gateway.cache.route_cache import RouteCache
+from gateway.cache.settings import CacheSettings
+from gateway.cache.store import memory_store
 from gateway.config import GatewayConfig, GatewaySettings, RoutePolicies
 from gateway.edge.checks import EdgeChecks
 from gateway.edge.context import Observer, Policy
@@ -44,6 +47,8 @@ class RouteRuntime:
     connector: Connector | None = None
     #: Proxied responses carry ``Server-Timing`` (gateway/pipeline/server_timing.py).
     server_timing: bool = False
+    #: ``[routes.cache]``: the route's store and rules (gateway/cache/); None: no cache.
+    cache: RouteCache | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,7 @@ def build_state(
             websocket,
             connector,
             settings.server_timing if policies.server_timing is None else policies.server_timing,
+            _route_cache(route.name, policies.cache, config) if upstream is not None else None,
         )
     trusted = TrustedProxies(settings.trusted_proxies)
     return GatewayState(
@@ -163,3 +169,12 @@ def _retry_policy(policies: RoutePolicies) -> RetryPolicy | None:
     if policies.retry is None and not policies.timeout:
         return None
     return RetryPolicy(policies.retry, policies.timeout)
+
+
+def _route_cache(
+    route: str, settings: CacheSettings | None, config: GatewayConfig
+) -> RouteCache | None:
+    """A route's cache over the worker's store (kept across reloads: gateway/cache/store.py)."""
+    if settings is None:
+        return None
+    return RouteCache(route, settings, memory_store(config.shared.cache))

@@ -70,3 +70,24 @@ class UpstreamResponse:
     #: Trailers that followed the body (HTTP/2 upstreams), set once the body has ended;
     #: None from a sender that cannot receive them (HTTP/1.1).
     trailers: Headers | None = None
+
+
+class _Empty:
+    def __aiter__(self) -> _Empty:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+#: The body stream of a response whose body came whole (``first``), or that has none.
+EMPTY: AsyncIterator[bytes] = _Empty()
+
+
+async def nothing_to_close() -> None:
+    return None
+
+
+def whole(status: int, headers: Headers, body: bytes, sent_to: str = "") -> UpstreamResponse:
+    """A response whose body is all here: the hot path sends it in one message."""
+    return UpstreamResponse(status, headers, EMPTY, nothing_to_close, body, True, sent_to)

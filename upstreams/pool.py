@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
 from time import perf_counter
 
 from upstreams.errors import (
@@ -25,7 +24,7 @@ from upstreams.errors import (
 )
 from upstreams.h1.connection import H1Connection
 from upstreams.h1.framing import BODILESS_RESPONSE_METHODS, request_bytes, write_streamed_body
-from upstreams.messages import UpstreamRequest, UpstreamResponse
+from upstreams.messages import UpstreamRequest, UpstreamResponse, whole
 from upstreams.sender import PoolStats
 from upstreams.spec import TargetSpec, UpstreamSpec
 
@@ -99,7 +98,7 @@ class ConnectionPool:
                 connect, conn.connect_time = conn.connect_time, 0.0
                 if complete:
                     self._release(conn)
-                    response = UpstreamResponse(status, headers, _EMPTY, _noop, first, True, url)
+                    response = whole(status, headers, first, url)
                 else:
                     stream = _BodyStream(self, conn, spec.read_timeout)
                     response = UpstreamResponse(
@@ -280,21 +279,6 @@ class _BodyStream:
         if not self._done:
             self._done = True
             self._pool._release(self._conn)
-
-
-class _Empty:
-    def __aiter__(self) -> _Empty:
-        return self
-
-    async def __anext__(self) -> bytes:
-        raise StopAsyncIteration
-
-
-_EMPTY: AsyncIterator[bytes] = _Empty()
-
-
-async def _noop() -> None:
-    return None
 
 
 def _may_replay(error: UpstreamError, conn: H1Connection, request: UpstreamRequest) -> bool:

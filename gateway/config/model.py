@@ -17,6 +17,7 @@ from typing import Annotated, Final
 
 from annotated_types import Ge, Gt
 
+from gateway.cache.settings import CacheSettings
 from gateway.observability.sections import ObservabilitySettings
 from gateway.policies.auth import AuthSettings
 from gateway.policies.cors import CorsSettings
@@ -121,6 +122,8 @@ class RoutePolicies:
     timeout: Annotated[float, Ge(0)] = 0.0
     #: ``Server-Timing`` on this route's responses; None: as ``[gateway] server_timing``.
     server_timing: bool | None = None
+    #: ``[routes.cache]``: the route's responses stored and served (docs/cache.md).
+    cache: CacheSettings | None = None
 
 
 #: A route without policies: what most routes are.

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, TypeAdapter, ValidationError, ValidationInfo
 
+from gateway.cache.settings import CacheSettings
 from gateway.config.checks import lower, one_of, reason_of
 from gateway.config.model import RoutePolicies
 from gateway.config.problems import Invalid, Loc, kind_of, reasons
@@ -276,6 +277,7 @@ ROUTE = keys_table(
                 "headers": HEADERS | None,
                 "websocket": (Annotated[Any, AfterValidator(_websocket)], None),
                 "retry": RETRY | None,
+                "cache": table(CacheSettings) | None,
             },
         ),
     },

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, TypeAdapter
 
+from gateway.cache.settings import STORES, CacheStoreSettings
 from gateway.config.checks import header_name, one_of
 from gateway.config.model import ENGINES, GatewayConfig, GatewaySettings, Network, ServerSettings
 from gateway.config.observability_tables import ACCESS_LOG, ADMIN, LOGGING, METRICS, TRACING
@@ -97,6 +98,7 @@ DOCUMENT: TypeAdapter[dict[str, Any]] = TypeAdapter(
                     "consumers": CONSUMERS,
                     "jwt_providers": JWT_PROVIDERS,
                     "redis": REDIS | None,
+                    "cache": table(CacheStoreSettings, checks={"store": one_of(STORES)}),
                 },
             ),
         },

@@ -15,6 +15,7 @@ class RequestContext:
     __slots__ = (
         "bytes_in",
         "bytes_out",
+        "cache",
         "client_ip",
         "connect_time",
         "consumer",
@@ -69,6 +70,8 @@ class RequestContext:
         self.status = 0
         #: A gRPC call's ``grpc-status`` as the client got it; None for other requests.
         self.grpc_status: int | None = None
+        #: What ``[routes.cache]`` made of it: hit, miss, stale, coalesced, bypass; "": none.
+        self.cache = ""
         self.bytes_in = 0
         self.bytes_out = 0
         #: The error code when the gateway answered itself ("route_not_found", ...).

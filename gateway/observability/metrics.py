@@ -104,6 +104,14 @@ class GatewayMetrics:
             ["route", "upstream"],
             registry=registry,
         )
+        self.cache_requests = Counter(
+            "quartgate_cache_requests",
+            "Requests to routes with [routes.cache], by what the cache made of them: hit, "
+            "miss, stale (revalidated, or served stale), coalesced (served another request's "
+            "fetch), bypass (Range, no-store); docs/cache.md.",
+            ["route", "result"],
+            registry=registry,
+        )
         self.grpc_responses = Counter(
             "quartgate_grpc_responses",
             "gRPC calls by route and the grpc-status the client got (the upstream's, or the "
@@ -323,7 +331,15 @@ class GatewayMetrics:
 class MetricsObserver:
     """The per-request part: counters and histograms, children cached by their labels."""
 
-    __slots__ = ("_by_error", "_by_grpc", "_by_request", "_by_route", "_by_upstream", "_metrics")
+    __slots__ = (
+        "_by_cache",
+        "_by_error",
+        "_by_grpc",
+        "_by_request",
+        "_by_route",
+        "_by_upstream",
+        "_metrics",
+    )
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
@@ -331,6 +347,7 @@ class MetricsObserver:
         self._by_route: dict[tuple[str, str], _RouteChildren] = {}
         self._by_error: dict[tuple[str, str], Any] = {}
         self._by_grpc: dict[tuple[str, int], Any] = {}
+        self._by_cache: dict[tuple[str, str], Any] = {}
         self._by_upstream: dict[tuple[str, int], Any] = {}
 
     def request_finished(self, ctx: RequestContext) -> None:
@@ -374,6 +391,12 @@ class MetricsObserver:
             errors.inc()
             if status == 429 or ctx.error == "rate_limited":  # a gRPC call's is an HTTP 200
                 children.rate_limited.inc()
+        if ctx.cache:
+            looked_up = self._by_cache.get((name, ctx.cache))
+            if looked_up is None:
+                looked_up = self._metrics.cache_requests.labels(name, ctx.cache)
+                self._by_cache[(name, ctx.cache)] = looked_up
+            looked_up.inc()
         if ctx.grpc_status is not None:
             calls = self._by_grpc.get((name, ctx.grpc_status))
             if calls is None:

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from gateway.asgi_types import ASGIApp
+from gateway.cache.store import purge_here
 from gateway.config import GatewayConfig
 from gateway.edge.context import Observer
 from gateway.observability.targets import apply_control, target_views
@@ -88,6 +89,8 @@ class Observability:
         self.reloader = reloader
         self._proxy = proxy
         self._task: asyncio.Task[None] | None = None
+        #: The last cache purge this worker applied (None: none looked at yet).
+        self._purged: int | None = None
 
     # ---- wiring -------------------------------------------------------------------------
 
@@ -137,11 +140,29 @@ class Observability:
         self.control.poll()
         if self.control.reloads_to_count:
             self._take_reload_counts()
+        self._apply_purges()
         apply_control(self.state, self.control)
         if self.metrics is not None:
             self.metrics.sample(self.state, self.control)
             self.metrics.ready.set(1 if self.readiness()[0] else 0)
             self.metrics.loop_lag.set(self._proxy.loop_lag.lag)
+
+    def purge_cache(self, route: str, path: str) -> int:
+        """``POST /admin/cache/purge``: this worker's store now, every other worker's at its
+        next sync (within a second); how many entries went here."""
+        with self.control.change():
+            self._purged = self.control.purge(route, path)
+        return purge_here(route or None, path.encode("latin-1") if path else None)
+
+    def _apply_purges(self) -> None:
+        purges = self.control.purges
+        if self._purged is None:  # a new worker: its store holds nothing purged before
+            self._purged = purges[-1][0] if purges else 0
+            return
+        for number, route, path in purges:
+            if number > self._purged:
+                purge_here(route or None, path.encode("latin-1") if path else None)
+                self._purged = number
 
     async def _sync_forever(self) -> None:
         while True:

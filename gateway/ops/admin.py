@@ -18,6 +18,7 @@ Endpoints (docs/admin.md):
   POST /admin/reload               re-read the config file (every worker follows)
   POST /admin/drain | /undrain     fail /readyz on purpose (before a shutdown), or stop
   POST /admin/upstreams/{u}/targets/{t}/drain | /undrain   no new requests to a target
+  POST /admin/cache/purge[?route=R][&path=/p]             stored responses removed
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs
 
 from gateway.asgi_types import ASGIApp, Receive, Scope, Send
 from gateway.config import ConfigError
@@ -62,6 +64,8 @@ class Observability(Protocol):
     def describe_config(self) -> dict[str, Any]: ...
 
     async def request_reload(self) -> tuple[GatewayConfig, str]: ...
+
+    def purge_cache(self, route: str, path: str) -> int: ...
 
 
 log = logging.getLogger("quartgate")
@@ -140,7 +144,10 @@ class AdminApp:
                 send, 401, _error("unauthorized", "a valid admin token is required"), challenge
             )
             return
-        status, body = await self._api(method, path)
+        if path == "/admin/cache/purge":
+            status, body = self._purge(method, scope["query_string"])
+        else:
+            status, body = await self._api(method, path)
         await _json(send, status, body)
 
     def _authorized(self, scope: Scope) -> bool:
@@ -167,6 +174,21 @@ class AdminApp:
         if path in self._get or path in self._post:
             return 405, _error("method_not_allowed", f"{method} is not allowed on {path}")
         return 404, _error("not_found", f"no admin endpoint {path}")
+
+    def _purge(self, method: str, query: bytes) -> tuple[int, Any]:
+        """``POST /admin/cache/purge[?route=NAME][&path=/p]``: stored responses removed, of
+        one route or all, under one path or all (docs/cache.md)."""
+        if method != "POST":
+            return 405, _error("method_not_allowed", "use POST")
+        args = parse_qs(query.decode("latin-1"))
+        route = args.get("route", [""])[0]
+        path = args.get("path", [""])[0]
+        if route and route not in self.obs.state.runtimes:
+            return 404, _error("not_found", f"no route named {route!r}")
+        if path and not path.startswith("/"):
+            return 400, _error("bad_request", "path must start with /")
+        purged = self.obs.purge_cache(route, path)
+        return 200, {"purged": purged, "route": route or None, "path": path or None}
 
     # ---- probes and metrics -------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Operator decisions that outlive a request and a reload: drained targets, gateway drain.
+"""Operator decisions that outlive a request and a reload: drained targets, gateway drain,
+cache purges.
 
 With one worker they live in memory. With several, the admin request lands in one worker
 only, so the decisions are kept in a small JSON file in the runtime directory that
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 CONTROL_FILE = "control.json"
+PURGES_KEPT = 64
 
 
 class Control:
@@ -32,6 +34,9 @@ class Control:
         #: not yet in a worker's metrics: the first worker to sync takes and counts them,
         #: so a reload is counted once, not once per worker.
         self.reloads_to_count: dict[str, int] = {}
+        #: Cache purges asked for (docs/cache.md): (number, route or "", path or ""), the
+        #: latest :data:`PURGES_KEPT`; each worker applies those it has not applied yet.
+        self.purges: list[tuple[int, str, str]] = []
         self._path = Path(runtime_dir) / CONTROL_FILE if runtime_dir else None
         self._seen: str | None = None
 
@@ -77,13 +82,17 @@ class Control:
             return False
         self._seen = text
         data = json.loads(text)
-        before = (self.draining, self.drained, self.generation, self.reloads_to_count)
+        before = (
+            self.draining, self.drained, self.generation, self.reloads_to_count, self.purges
+        )  # fmt: skip
         self.draining = bool(data.get("draining", False))
         self.drained = {(str(u), str(t)) for u, t in data.get("drained", [])}
         self.generation = int(data.get("generation", 0))
         counts = data.get("reloads_to_count", {})
         self.reloads_to_count = {str(k): int(v) for k, v in counts.items()}
-        return before != (self.draining, self.drained, self.generation, self.reloads_to_count)
+        self.purges = [(int(n), str(r), str(p)) for n, r, p in data.get("purges", [])]
+        after = (self.draining, self.drained, self.generation, self.reloads_to_count, self.purges)
+        return before != after
 
     def _save(self) -> None:
         assert self._path is not None
@@ -92,9 +101,17 @@ class Control:
             "drained": sorted(self.drained),
             "generation": self.generation,
             "reloads_to_count": self.reloads_to_count,
+            "purges": self.purges[-PURGES_KEPT:],
         }
         text = json.dumps(data)
         temp = self._path.with_name(f".{CONTROL_FILE}.{os.getpid()}")
         temp.write_text(text, encoding="utf-8")
         os.replace(temp, self._path)
         self._seen = text
+
+    def purge(self, route: str, path: str) -> int:
+        """Record a cache purge for every worker; its number."""
+        number = (self.purges[-1][0] if self.purges else 0) + 1
+        self.purges.append((number, route, path))
+        del self.purges[:-PURGES_KEPT]
+        return number

@@ -57,6 +57,9 @@ class Stages:
     errors: ErrorMapping
     #: Access log, metrics, tracing.
     observers: tuple[Observer, ...]
+    #: What ``forward`` belongs to, for ``[routes.cache]`` (which also answers from its
+    #: store through it); None for a handshake's path.
+    dispatch: UpstreamDispatch | None = None
 
 
 def request_stages(state: GatewayState, apps: InProcessApps) -> Stages:
@@ -64,21 +67,23 @@ def request_stages(state: GatewayState, apps: InProcessApps) -> Stages:
     edge = state.edge
     settings = state.config.gateway
     id_header = state.request_id_header
+    dispatch = UpstreamDispatch(
+        id_header,
+        state.max_body_size,
+        settings.body_timeout,
+        settings.x_forwarded_port,
+        settings.via,
+    )
     return Stages(
         check_edge=edge.requests.check,
         normalise=edge.normaliser.normalise,
         identify=edge.identity.identify,
         match_route=RouteMatch(state.table, state.runtimes).match,
-        forward=UpstreamDispatch(
-            id_header,
-            state.max_body_size,
-            settings.body_timeout,
-            settings.x_forwarded_port,
-            settings.via,
-        ).forward,
+        forward=dispatch.forward,
         to_app=InProcessDispatch(apps, id_header, state.max_body_size).to_app,
         errors=ErrorMapping(id_header, access_log=bool(state.config.observability.access_log)),
         observers=state.observers,
+        dispatch=dispatch,
     )
 
 
@@ -88,6 +93,7 @@ class RequestPath:
     __slots__ = (
         "check_edge",
         "disconnected",
+        "dispatch",
         "forward",
         "id_header",
         "identify",
@@ -116,6 +122,7 @@ class RequestPath:
         self.identify = stages.identify
         self.match_route = stages.match_route
         self.forward = stages.forward
+        self.dispatch = stages.dispatch
         self.to_app = stages.to_app
         errors = stages.errors
         self.refused = errors.refused
@@ -136,7 +143,9 @@ class RequestPath:
             runtime = self.match_route(ctx)  # 404 / 405
             for policy in runtime.policies:  # auth, rate limit, CORS, header rules
                 await policy.on_request(ctx)
-            if runtime.upstream is not None:
+            if runtime.cache is not None and self.dispatch is not None:
+                await runtime.cache.handle(self.dispatch, runtime, ctx, head, receive, send)
+            elif runtime.upstream is not None:
                 await self.forward(runtime, ctx, head, receive, send)
             else:
                 await self.to_app(runtime, ctx, receive, send)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from time import perf_counter
 
@@ -63,7 +63,13 @@ class UpstreamDispatch:
         head: RequestHead,
         receive: Receive,
         send: Send,
+        *,
+        wrap: Callable[[UpstreamResponse], UpstreamResponse] | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
+        """Send the request upstream and its response to the client. ``extra``: headers
+        added to the request; ``wrap``: given the upstream's response before anything of it
+        is sent, returns the one to send (the cache: gateway/cache/route_cache.py)."""
         upstream = runtime.upstream
         assert upstream is not None
         scope = ctx.scope
@@ -87,6 +93,8 @@ class UpstreamDispatch:
             headers.append((b"via", scope.get("http_version", "1.1").encode("ascii") + self._via))
         if ctx.traceparent is not None:
             headers.append((b"traceparent", ctx.traceparent))
+        if extra:
+            headers += extra
         raw_path = scope["raw_path"]
         target = runtime.route.rewrite(raw_path) if runtime.rewrites else raw_path
         query = scope["query_string"]
@@ -162,7 +170,9 @@ class UpstreamDispatch:
                 ctx.upstream_time = perf_counter() - ctx.upstream_start
             ctx.retries = response.retries
             ctx.upstream_target = response.sent_to
-            await self._respond(response, send, runtime, ctx, trailers, deadline)
+            if wrap is not None:
+                response = wrap(response)
+            await self.respond(response, send, runtime, ctx, trailers, deadline)
         except asyncio.CancelledError:
             if watch.disconnected:
                 task = asyncio.current_task()
@@ -174,7 +184,7 @@ class UpstreamDispatch:
             timer.cancel()
             watch.stop()
 
-    async def _respond(
+    async def respond(
         self,
         response: UpstreamResponse,
         send: Send,

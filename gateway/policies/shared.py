@@ -1,5 +1,5 @@
 """What every route's policies share: ``[consumers.NAME]``, ``[jwt_providers.NAME]`` and
-``[redis]``. Validated once (gateway.config) into :class:`SharedSettings`, stored on
+``[redis]``, ``[cache]``. Validated once (gateway.config) into :class:`SharedSettings`, stored on
 ``GatewayConfig.shared``."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 from annotated_types import Ge, Gt
+
+from gateway.cache.settings import CacheStoreSettings
 
 JWT_ALGORITHMS: Final = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384")
 
@@ -56,3 +58,5 @@ class SharedSettings:
     consumers: dict[str, Consumer] = field(default_factory=dict)
     jwt_providers: dict[str, JwtProvider] = field(default_factory=dict)
     redis: RedisSettings | None = None
+    #: ``[cache]``: the store the routes' ``[routes.cache]`` share (docs/cache.md).
+    cache: CacheStoreSettings = field(default_factory=CacheStoreSettings)

@@ -35,7 +35,7 @@ from upstreams.errors import (
     connect_failure,
 )
 from upstreams.h2.connection import H2Connection, H2Stream, Headers, StreamRefused
-from upstreams.messages import UpstreamRequest, UpstreamResponse
+from upstreams.messages import UpstreamRequest, UpstreamResponse, whole
 from upstreams.sender import PoolStats
 from upstreams.spec import TargetSpec, UpstreamSpec
 
@@ -117,9 +117,7 @@ class H2Sender:
         if stream.ended and not stream.chunks and pump is None and stream.sent_end:
             # Nothing but a head (gRPC's trailers-only answer, a 204): done here.
             conn.finish(stream)
-            response = UpstreamResponse(
-                status, response_headers, _NOTHING, _nothing, b"", True, self._url
-            )
+            response = whole(status, response_headers, b"", self._url)
             response.trailers = stream.trailers or []
         else:
             reader = _H2Body(conn, stream, pump, spec.read_timeout)
@@ -274,21 +272,6 @@ async def _head(
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
-
-
-class _Nothing:
-    def __aiter__(self) -> _Nothing:
-        return self
-
-    async def __anext__(self) -> bytes:
-        raise StopAsyncIteration
-
-
-_NOTHING = _Nothing()
-
-
-async def _nothing() -> None:
-    return None
 
 
 class _H2Body:

@@ -1,0 +1,505 @@
+"""``[routes.cache]``: a route's responses stored and served as a shared cache (RFC 9111;
+docs/cache.md). The stage stands in front of the upstream dispatch:
+
+- **GET and HEAD** look up the route's store (HEAD is answered from a stored GET). A fresh
+  response the request accepts is a hit: served without the upstream, with ``Age`` and
+  ``Cache-Status``. A stale one with a validator is revalidated (``If-None-Match`` /
+  ``If-Modified-Since``): a 304 refreshes it and it is served; within the response's
+  ``stale-while-revalidate`` it is served at once and refreshed in the background; within
+  ``stale-if-error`` it is served when the upstream fails or answers 5xx.
+- **Concurrent misses coalesce**: the first fetches, the others wait (up to
+  ``coalesce_timeout``) and are served what it stored, or fetch for themselves when it
+  stored nothing or failed.
+- **Unsafe methods** (POST, PUT, PATCH, DELETE) that succeed invalidate the target and
+  their ``Location`` / ``Content-Location`` on the same host (§4.4).
+- **Bypassed**: a request with ``Range`` (partial content is never stored or served from
+  the cache), or with ``Cache-Control: no-store``.
+
+What a request became is ``ctx.cache`` (hit, miss, stale, coalesced, bypass) for the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, MutableMapping
+from typing import Any, Protocol
+
+from gateway.asgi_types import Receive, Send
+from gateway.cache import rfc9111
+from gateway.cache.settings import CacheSettings
+from gateway.cache.store import Entry, Key, MemoryStore
+from gateway.edge.context import RequestContext
+from gateway.edge.errors import GatewayError
+from gateway.edge.head import RequestHead
+from upstreams.messages import UpstreamResponse, whole
+
+#: The route's runtime (gateway.state.RouteRuntime): passed through to the dispatch.
+RouteRuntime = Any
+
+
+class UpstreamDispatch(Protocol):
+    """What the cache uses of gateway/pipeline/upstream_dispatch.py's dispatch: sending a
+    request upstream (its response wrapped by the cache) and sending a response."""
+
+    async def forward(
+        self,
+        runtime: RouteRuntime,
+        ctx: RequestContext,
+        head: RequestHead,
+        receive: Receive,
+        send: Send,
+        *,
+        wrap: Callable[[UpstreamResponse], UpstreamResponse] | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None: ...
+
+    async def respond(
+        self, response: UpstreamResponse, send: Send, runtime: RouteRuntime, ctx: RequestContext
+    ) -> None: ...
+
+log = logging.getLogger("quartgate")
+
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+NAME = b"quartgate"
+
+
+class _Flight:
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
+
+class RouteCache:
+    def __init__(self, route: str, settings: CacheSettings, store: MemoryStore) -> None:
+        self.route = route
+        self.settings = settings
+        self.store = store
+        self._flights: dict[Key, _Flight] = {}
+        self._refreshing: set[Key] = set()
+
+    # -- the stage ---------------------------------------------------------------------------
+    async def handle(
+        self,
+        dispatch: UpstreamDispatch,
+        runtime: RouteRuntime,
+        ctx: RequestContext,
+        head: RequestHead,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        scope = ctx.scope
+        method = scope["method"]
+        request: list[tuple[bytes, bytes]] = scope["headers"]
+        key = self.key(ctx)
+        if method not in ("GET", "HEAD"):
+            if method not in UNSAFE:
+                await dispatch.forward(runtime, ctx, head, receive, send)
+                return
+            seen: list[UpstreamResponse] = []
+            await dispatch.forward(runtime, ctx, head, receive, send, wrap=_keep(seen))
+            if seen and seen[0].status < 400:  # §4.4: a non-error response invalidates
+                self._invalidate(key, ctx, seen[0].headers)
+            return
+        cc = rfc9111.request_directives(request)
+        if "no-store" in cc or rfc9111.header(request, b"range") is not None:
+            ctx.cache = "bypass"
+            await dispatch.forward(runtime, ctx, head, receive, send)
+            return
+        entry = self._lookup(key, request)
+        if entry is not None and self._usable(entry, cc, request):
+            ctx.cache = "hit"
+            await self._serve(dispatch, runtime, ctx, send, entry, b"hit")
+            return
+        if entry is not None and self._while_revalidate(entry, cc):
+            ctx.cache = "stale"
+            self._refresh_later(dispatch, runtime, ctx, head, key, entry)
+            await self._serve(
+                dispatch, runtime, ctx, send, entry, b"hit; detail=stale-while-revalidate"
+            )
+            return
+        if "only-if-cached" in cc:
+            raise GatewayError(504, "not_cached", "only-if-cached and no stored response")
+        flight = self._flights.get(key) if self.settings.coalesce else None
+        if flight is not None and entry is None and not _conditional(request):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.coalesce_timeout):
+                    await flight.done.wait()
+            stored = self._lookup(key, request)
+            if stored is not None and self._usable(stored, {}, request):
+                ctx.cache = "coalesced"
+                await self._serve(dispatch, runtime, ctx, send, stored, b"hit; detail=coalesced")
+                return
+        await self._fetch(dispatch, runtime, ctx, head, receive, send, key, entry, cc)
+
+    def key(self, ctx: RequestContext) -> Key:
+        scope = ctx.scope
+        target = scope["raw_path"]
+        if scope["query_string"]:
+            target = target + b"?" + scope["query_string"]
+        return (self.route, ctx.host.lower(), target)
+
+    # -- lookup ------------------------------------------------------------------------------
+    def _lookup(self, key: Key, request: list[tuple[bytes, bytes]]) -> Entry | None:
+        for entry in self.store.variants(key):
+            if entry.matches(request):
+                return entry
+        return None
+
+    def _usable(
+        self, entry: Entry, cc: rfc9111.Directives, request: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """The stored response may answer this request without the upstream (§4.2, §5.2.1)."""
+        if "no-cache" in cc or "no-cache" in entry.cc:
+            return False
+        if rfc9111.header(request, b"authorization") is not None and not (
+            {"public", "s-maxage", "must-revalidate"} & entry.cc.keys()
+        ):
+            return False  # §3.5: shared only when the response said so
+        age, ttl = entry.age(), entry.ttl()
+        max_age = rfc9111.delta(cc.get("max-age")) if "max-age" in cc else None
+        if max_age is not None and age > max_age:
+            return False
+        min_fresh = rfc9111.delta(cc.get("min-fresh")) if "min-fresh" in cc else None
+        if min_fresh is not None and ttl < min_fresh:
+            return False
+        if ttl > 0:
+            return True
+        if {"must-revalidate", "proxy-revalidate", "s-maxage"} & entry.cc.keys():
+            return False  # stale: never served without validation
+        if "max-stale" in cc:
+            allowed = rfc9111.delta(cc["max-stale"])
+            return allowed is None or -ttl <= allowed  # bare max-stale: any staleness
+        return False
+
+    def _while_revalidate(self, entry: Entry, cc: rfc9111.Directives) -> bool:
+        window = rfc9111.delta(entry.cc.get("stale-while-revalidate"))
+        if not window or "no-cache" in cc or "no-cache" in entry.cc:
+            return False
+        if {"must-revalidate", "proxy-revalidate"} & entry.cc.keys():
+            return False
+        return -window < entry.ttl() <= 0
+
+    def _if_error(self, entry: Entry | None) -> bool:
+        if entry is None or {"must-revalidate", "proxy-revalidate", "no-cache"} & entry.cc.keys():
+            return False
+        window = rfc9111.delta(entry.cc.get("stale-if-error"))
+        if window is None:
+            window = int(self.settings.stale_if_error)
+        return window > 0 and entry.ttl() > -window
+
+    # -- serving -----------------------------------------------------------------------------
+    async def _serve(
+        self,
+        dispatch: UpstreamDispatch,
+        runtime: RouteRuntime,
+        ctx: RequestContext,
+        send: Send,
+        entry: Entry,
+        status: bytes,
+    ) -> None:
+        request = ctx.scope["headers"]
+        headers = [(n, v) for n, v in entry.headers if n != b"age"]
+        headers.append((b"age", b"%d" % int(entry.age())))
+        headers.append((b"cache-status", b"%s; %s; ttl=%d" % (NAME, status, int(entry.ttl()))))
+        code, body = entry.status, entry.body
+        if _not_modified(request, entry):
+            code, body = 304, b""
+            headers = [(n, v) for n, v in headers if n not in (b"content-length", b"content-type")]
+        response = whole(code, headers, body)
+        await dispatch.respond(response, send, runtime, ctx)
+
+    # -- fetching ----------------------------------------------------------------------------
+    async def _fetch(
+        self,
+        dispatch: UpstreamDispatch,
+        runtime: RouteRuntime,
+        ctx: RequestContext,
+        head: RequestHead,
+        receive: Receive,
+        send: Send,
+        key: Key,
+        entry: Entry | None,
+        cc: rfc9111.Directives,
+    ) -> None:
+        request = ctx.scope["headers"]
+        get = ctx.scope["method"] == "GET"
+        extra: list[tuple[bytes, bytes]] = []
+        if entry is not None and not _conditional(request):  # the cache's own validation
+            etag = rfc9111.header(entry.headers, b"etag")
+            modified = rfc9111.header(entry.headers, b"last-modified")
+            if etag is not None:
+                extra.append((b"if-none-match", etag))
+            if modified is not None:
+                extra.append((b"if-modified-since", modified))
+        flight = None
+        if get and self.settings.coalesce and key not in self._flights:
+            flight = self._flights[key] = _Flight()
+        sent_at = time.time()
+        ctx.cache = "miss" if entry is None else "stale"
+        if "no-cache" in cc:
+            ctx.cache = "miss"
+
+        def wrap(response: UpstreamResponse) -> UpstreamResponse:
+            now = time.time()
+            if extra and entry is not None and response.status == 304:
+                self._revalidated(key, entry, response.headers, sent_at, now)
+                _close_later(response)
+                headers = [(n, v) for n, v in entry.headers if n != b"age"]
+                headers.append((b"age", b"%d" % int(entry.age())))
+                headers.append((b"cache-status", NAME + b"; fwd=stale; fwd-status=304"))
+                return whole(entry.status, headers, entry.body, response.sent_to)
+            if response.status >= 500 and self._if_error(entry):
+                assert entry is not None
+                ctx.cache = "stale"
+                _close_later(response)
+                return self._stale_response(entry, response.sent_to)
+            forwarded = b"stale" if entry is not None else b"miss"
+            why = rfc9111.storable(
+                response.status,
+                request,
+                response.headers,
+                rfc9111.directives(rfc9111.header(response.headers, b"cache-control")),
+                heuristic=self.settings.heuristic,
+            )
+            if not get or why is not None:
+                if flight is not None:  # nothing will be stored: the waiting fetch now
+                    self._land(key, flight)
+                response.headers.append(
+                    (
+                        b"cache-status",
+                        NAME + b"; fwd=" + forwarded + b"; fwd-status=%d" % response.status,
+                    )
+                )
+                return response
+            response.headers.append((b"cache-status", NAME + b"; fwd=" + forwarded + b"; stored"))
+            return self._tee(key, response, request, sent_at, now, flight)
+
+        try:
+            await dispatch.forward(runtime, ctx, head, receive, send, wrap=wrap, extra=extra)
+        except GatewayError as error:
+            if error.status >= 500 and self._if_error(entry) and not ctx.status:
+                assert entry is not None
+                ctx.cache = "stale"
+                log.info(
+                    "cache: %s %s: upstream failed (%s): stale response served",
+                    ctx.scope["method"], ctx.scope["path"], error.code,
+                    extra={"request_id": ctx.request_id.decode("ascii")},
+                )  # fmt: skip
+                await dispatch.respond(self._stale_response(entry, ""), send, runtime, ctx)
+                return
+            raise
+        finally:
+            if flight is not None and self._flights.get(key) is flight and not _tee_owns(flight):
+                self._land(key, flight)
+
+    def _stale_response(self, entry: Entry, sent_to: str) -> UpstreamResponse:
+        headers = [(n, v) for n, v in entry.headers if n != b"age"]
+        headers.append((b"age", b"%d" % int(entry.age())))
+        headers.append(
+            (b"cache-status", b"%s; hit; ttl=%d; detail=stale-if-error" % (NAME, int(entry.ttl())))
+        )
+        return whole(entry.status, headers, entry.body, sent_to)
+
+    def _tee(
+        self,
+        key: Key,
+        response: UpstreamResponse,
+        request: list[tuple[bytes, bytes]],
+        sent_at: float,
+        received_at: float,
+        flight: _Flight | None,
+    ) -> UpstreamResponse:
+        """The response as it streams to the client, a copy kept up to the entry cap; stored
+        when its body ended whole and within the cap."""
+        limit = self.settings.max_entry_size
+        # As the upstream sent them (Date and Age count for its age); the hop-by-hop ones
+        # are dropped when it is served, as for any response.
+        headers = [(n, v) for n, v in response.headers if n != b"cache-status"]
+        store = self.store
+        heuristic = self.settings.heuristic
+        status = response.status
+        if flight is not None:
+            _TEE_OWNED.add(flight)
+
+        def finish(body: bytes | None) -> None:
+            if body is not None:
+                entry = Entry.of(
+                    status, headers, body, request, sent_at, received_at, heuristic=heuristic
+                )
+                store.put(key, entry)
+            if flight is not None:
+                _TEE_OWNED.discard(flight)
+                self._land(key, flight)
+
+        if response.complete:
+            finish(response.first if len(response.first) <= limit else None)
+            return response
+        body = response.body
+        kept = bytearray(response.first)
+
+        async def copy() -> AsyncGenerator[bytes, None]:
+            whole = False
+            size = len(kept)
+            try:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size <= limit:
+                        kept.extend(chunk)
+                    yield chunk
+                whole = True
+            finally:
+                finish(bytes(kept) if whole and size <= limit else None)
+
+        streamed = copy()
+        upstream_close = response.aclose
+
+        async def aclose() -> None:
+            await streamed.aclose()  # a body cut short stores nothing and lands the flight
+            await upstream_close()
+
+        response.body = streamed
+        response.aclose = aclose
+        return response
+
+    def _land(self, key: Key, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.done.set()
+
+    def _revalidated(
+        self, key: Key, entry: Entry, fresh: list[tuple[bytes, bytes]], sent: float, now: float
+    ) -> None:
+        before = entry.size
+        entry.headers = rfc9111.updated(entry.headers, fresh)
+        entry.request_time, entry.response_time = sent, now
+        entry.refresh(heuristic=self.settings.heuristic)
+        self.store.resized(entry, before)
+
+    def _refresh_later(
+        self,
+        dispatch: UpstreamDispatch,
+        runtime: RouteRuntime,
+        ctx: RequestContext,
+        head: RequestHead,
+        key: Key,
+        entry: Entry,
+    ) -> None:
+        """stale-while-revalidate: one background revalidation per key at a time."""
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+        background = RequestContext(ctx.scope, ctx.request_id, ctx.host, time.perf_counter())
+        background.forwarding = ctx.forwarding
+        background.route = ctx.route
+
+        receive = _NoBody()
+
+        async def refresh() -> None:
+            try:
+                await self._fetch(
+                    dispatch, runtime, background, head, receive, _discard, key, entry, {}
+                )
+            except Exception as error:
+                log.info(
+                    "cache: background revalidation of %s failed: %s",
+                    key[2].decode("latin-1"),
+                    error,
+                )
+            finally:
+                receive.done.set()
+                self._refreshing.discard(key)
+
+        task = asyncio.ensure_future(refresh())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    def _invalidate(
+        self, key: Key, ctx: RequestContext, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        route, host, _ = key
+        self.store.delete(key)
+        for name in (b"location", b"content-location"):
+            value = rfc9111.header(headers, name)
+            if not value:
+                continue
+            target = _same_host_target(value, host)
+            if target is not None:
+                self.store.delete((route, host, target))
+
+
+#: Flights whose tee lands them when its body ends (not when forward returns).
+_TEE_OWNED: set[_Flight] = set()
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _tee_owns(flight: _Flight) -> bool:
+    return flight in _TEE_OWNED
+
+
+def _keep(seen: list[UpstreamResponse]) -> Any:
+    def wrap(response: UpstreamResponse) -> UpstreamResponse:
+        seen.append(response)
+        return response
+
+    return wrap
+
+
+def _conditional(request: list[tuple[bytes, bytes]]) -> bool:
+    return any(n in (b"if-none-match", b"if-modified-since") for n, _ in request)
+
+
+def _not_modified(request: list[tuple[bytes, bytes]], entry: Entry) -> bool:
+    """The client's own conditional matches the stored response (§4.3.2)."""
+    if entry.status != 200:
+        return False
+    tags = rfc9111.header(request, b"if-none-match")
+    if tags is not None:
+        return rfc9111.weak_match(tags, rfc9111.header(entry.headers, b"etag"))
+    since = rfc9111.http_date(rfc9111.header(request, b"if-modified-since"))
+    if since is None:
+        return False
+    modified = rfc9111.http_date(rfc9111.header(entry.headers, b"last-modified"))
+    modified = modified or rfc9111.http_date(rfc9111.header(entry.headers, b"date"))
+    return modified is not None and modified <= since
+
+
+def _same_host_target(value: bytes, host: bytes) -> bytes | None:
+    """A Location's request-target when it is on ``host`` (or relative), else None."""
+    if value.startswith(b"/"):
+        return value
+    for scheme in (b"http://", b"https://"):
+        if value.lower().startswith(scheme):
+            rest = value[len(scheme) :]
+            authority, slash, path = rest.partition(b"/")
+            if authority.lower() == host:
+                return slash + path
+    return None
+
+
+def _close_later(response: UpstreamResponse) -> None:
+    task = asyncio.ensure_future(response.aclose())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+class _NoBody:
+    """``receive`` of a background request: no body, then (once it is done) the end."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self._sent = False
+
+    async def __call__(self) -> dict[str, Any]:
+        if not self._sent:
+            self._sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.done.wait()
+        return {"type": "http.disconnect"}
+
+
+async def _discard(message: MutableMapping[str, Any]) -> None:
+    return None
