@@ -15,14 +15,17 @@ The rules, section by section:
   an invalid ``Expires`` means already expired. No heuristic freshness unless the route
   asks for it (a fraction of the time since ``Last-Modified``, §4.2.2).
 - **Age (§4.2.3)**: corrected for the upstream's ``Age`` and the response delay, plus the
-  time since the response was received.
+  time since the response was received; an ``Age`` that is not one integer makes the
+  response stale.
 - **Request directives (§5.2.1)**: ``max-age``, ``min-fresh``, ``max-stale``, ``no-cache``
   (and ``Pragma: no-cache`` without Cache-Control), ``only-if-cached``; ``no-store``
   bypasses the cache.
 - **Vary (§4.1)**: a stored response answers a request whose values of the named headers
   match the stored request's, after whitespace is normalised.
+- **must-understand (§5.2.2.3)**: overrides ``no-store`` for a status whose rules are
+  known; a response with another status is not stored.
 - **Validation (§4.3)**: ``ETag`` compared weakly, ``Last-Modified`` against
-  ``If-Modified-Since``; a 304 updates the stored headers (all but ``Content-Length``).
+  ``If-Modified-Since``; a 304 updates the stored headers, all but :data:`NOT_UPDATED`.
 """
 
 from __future__ import annotations
@@ -36,8 +39,17 @@ Directives = dict[str, str | None]
 
 #: Statuses a cache may store without explicit freshness (RFC 9110 15.1), 206 excepted.
 CACHEABLE_BY_DEFAULT: Final = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
-#: Headers a 304 does not update (§3.2: the stored body's framing stays the stored one's).
-NOT_UPDATED: Final = frozenset({b"content-length", b"content-encoding", b"transfer-encoding"})
+#: Headers a 304 does not update: the stored body's framing and identity stay its own
+#: (§3.2; the cache-tests suite's list), and a 304's Set-Cookie is its client's, never
+#: stored for the next one.
+NOT_UPDATED: Final = frozenset(
+    {
+        b"content-length", b"content-encoding", b"transfer-encoding", b"content-range",
+        b"content-md5", b"etag", b"set-cookie",
+    }
+)  # fmt: skip
+#: Statuses whose caching rules this cache implements, beyond the cacheable ones.
+UNDERSTOOD: Final = frozenset({302, 303, 307, 400, 401, 403, 500, 502, 503, 504})
 MAX_DELTA: Final = 2**31  # §1.2.2: a delta beyond it is taken as this
 
 
@@ -120,7 +132,12 @@ def storable(
     """Why the response to a GET may not be stored, or None when it may."""
     if status < 200 or status == 206:
         return "partial or interim response"
-    if "no-store" in response_cc or "no-store" in request_directives(request):
+    if "must-understand" in response_cc:  # §5.2.2.3: only statuses it knows the rules of
+        if status not in CACHEABLE_BY_DEFAULT | UNDERSTOOD:
+            return f"must-understand and status {status}"
+    elif "no-store" in response_cc:
+        return "no-store"
+    if "no-store" in request_directives(request):
         return "no-store"
     if "private" in response_cc:
         return "private"
@@ -168,10 +185,15 @@ def freshness_lifetime(
 
 
 def initial_age(response: Headers, request_time: float, response_time: float) -> float:
-    """The response's age when it was received (§4.2.3)."""
+    """The response's age when it was received (§4.2.3). An ``Age`` that is not one line of
+    digits (``abc``, ``-1``, ``1.0``, ``1, 2``, two lines, ``1;x=y``) makes the response
+    stale: how old it is cannot be known."""
     date = http_date(header(response, b"date"))
     apparent = max(0.0, response_time - date) if date is not None else 0.0
-    age = delta((header(response, b"age") or b"").decode("latin-1").strip() or None) or 0
+    ages = [value.strip() for name, value in response if name == b"age"]
+    if len(ages) > 1 or (ages and not ages[0].isdigit()):
+        return float("inf")
+    age = min(int(ages[0]), MAX_DELTA) if ages else 0
     corrected = age + (response_time - request_time)
     return max(apparent, corrected)
 

@@ -60,6 +60,7 @@ class UpstreamDispatch(Protocol):
         self, response: UpstreamResponse, send: Send, runtime: RouteRuntime, ctx: RequestContext
     ) -> None: ...
 
+
 log = logging.getLogger("quartgate")
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -251,6 +252,8 @@ class RouteCache:
                 headers = [(n, v) for n, v in entry.headers if n != b"age"]
                 headers.append((b"age", b"%d" % int(entry.age())))
                 headers.append((b"cache-status", NAME + b"; fwd=stale; fwd-status=304"))
+                # A cookie the 304 set is this client's: sent to it, never stored.
+                headers += [(n, v) for n, v in response.headers if n == b"set-cookie"]
                 return whole(entry.status, headers, entry.body, response.sent_to)
             if response.status >= 500 and self._if_error(entry):
                 assert entry is not None

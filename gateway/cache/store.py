@@ -65,8 +65,9 @@ class Entry:
         self.age_at_store = rfc9111.initial_age(headers, self.request_time, self.response_time)
 
     def age(self, now: float | None = None) -> float:
+        """Seconds since the upstream made it (at most ``MAX_DELTA``: an unknowable age)."""
         now = time.time() if now is None else now
-        return self.age_at_store + max(0.0, now - self.response_time)
+        return min(self.age_at_store + max(0.0, now - self.response_time), rfc9111.MAX_DELTA)
 
     def ttl(self, now: float | None = None) -> float:
         """Seconds of freshness left; negative once stale."""
