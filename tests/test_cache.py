@@ -65,6 +65,13 @@ class Origin:
                     b"cache-control: max-age=60\r\nx-revalidated: yes\r\n\r\n"
                 )
             extra = b'cache-control: max-age=0\r\netag: "v1"\r\n'
+        elif path == "/etag-cookie":
+            if header(request, b"if-none-match") == b'"c1"':
+                return (
+                    b'HTTP/1.1 304 Not Modified\r\netag: "c1"\r\ncache-control: max-age=60\r\n'
+                    b"set-cookie: session=%d\r\n\r\n" % n
+                )
+            extra = b'cache-control: max-age=0\r\netag: "c1"\r\n'
         elif path == "/vary":
             extra = b"cache-control: max-age=60\r\nvary: accept-language\r\n"
             body += b" " + (header(request, b"accept-language") or b"-")
@@ -185,6 +192,19 @@ def test_a_stale_response_is_revalidated_and_a_304_refreshes_it(
     not_modified = get("/etag", if_none_match='"v1"')
     assert not_modified.status_code == 304 and not_modified.content == b""
     assert seen(origin, "/etag") == 2
+
+
+def test_a_304s_cookie_goes_to_its_client_and_is_never_stored(
+    get: Callable[..., httpx.Response], origin: tuple[Origin, ScriptedUpstream]
+) -> None:
+    get("/etag-cookie")
+    revalidated = get("/etag-cookie")  # the 304 sets a cookie: for this client
+    assert revalidated.headers["cache-status"] == "quartgate; fwd=stale; fwd-status=304"
+    assert revalidated.headers["set-cookie"] == "session=2"
+    served = get("/etag-cookie")  # fresh now, from the store: without that cookie
+    assert served.headers["cache-status"].startswith("quartgate; hit")
+    assert "set-cookie" not in served.headers
+    assert seen(origin, "/etag-cookie") == 2
 
 
 def test_vary_keeps_one_variant_per_value(
