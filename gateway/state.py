@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from gateway.cache.route_cache import RouteCache
+from gateway.cache.redis_store import RedisStore
+from gateway.cache.route_cache import RouteCache, Store
 from gateway.cache.settings import CacheSettings
 from gateway.cache.store import memory_store
 from gateway.config import GatewayConfig, GatewaySettings, RoutePolicies
@@ -146,7 +147,9 @@ def build_state(
             websocket,
             connector,
             settings.server_timing if policies.server_timing is None else policies.server_timing,
-            _route_cache(route.name, policies.cache, config) if upstream is not None else None,
+            _route_cache(route.name, policies.cache, config, resources)
+            if upstream is not None
+            else None,
         )
     trusted = TrustedProxies(settings.trusted_proxies)
     return GatewayState(
@@ -172,9 +175,16 @@ def _retry_policy(policies: RoutePolicies) -> RetryPolicy | None:
 
 
 def _route_cache(
-    route: str, settings: CacheSettings | None, config: GatewayConfig
+    route: str, settings: CacheSettings | None, config: GatewayConfig, resources: Resources
 ) -> RouteCache | None:
-    """A route's cache over the worker's store (kept across reloads: gateway/cache/store.py)."""
+    """A route's cache over the configured store: this worker's memory store (kept across
+    reloads) or the Redis one every worker shares (gateway/cache/)."""
     if settings is None:
         return None
-    return RouteCache(route, settings, memory_store(config.shared.cache))
+    store_settings = config.shared.cache
+    store: Store
+    if store_settings.store == "redis":
+        store = RedisStore(resources.redis(), store_settings.key_prefix)
+    else:
+        store = memory_store(store_settings)
+    return RouteCache(route, settings, store)

@@ -24,13 +24,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 from gateway.asgi_types import Receive, Send
 from gateway.cache import rfc9111
 from gateway.cache.settings import CacheSettings
-from gateway.cache.store import Entry, Key, MemoryStore
+from gateway.cache.store import Entry, Headers, Key
 from gateway.edge.context import RequestContext
 from gateway.edge.errors import GatewayError
 from gateway.edge.head import RequestHead
@@ -67,6 +67,23 @@ UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NAME = b"quartgate"
 
 
+class Store(Protocol):
+    """Where a route's responses are kept: gateway/cache/store.py (memory) or
+    gateway/cache/redis_store.py."""
+
+    async def lookup(self, key: Key, request: Headers) -> Entry | None: ...
+
+    async def save(self, key: Key, entry: Entry) -> None: ...
+
+    async def refreshed(self, key: Key, entry: Entry, before: int) -> None: ...
+
+    async def remove(self, key: Key) -> int: ...
+
+    async def remove_under(self, route: str | None, target: bytes | None) -> int: ...
+
+    def body(self, entry: Entry) -> AsyncIterator[bytes]: ...
+
+
 class _Flight:
     __slots__ = ("done",)
 
@@ -75,7 +92,7 @@ class _Flight:
 
 
 class RouteCache:
-    def __init__(self, route: str, settings: CacheSettings, store: MemoryStore) -> None:
+    def __init__(self, route: str, settings: CacheSettings, store: Store) -> None:
         self.route = route
         self.settings = settings
         self.store = store
@@ -103,14 +120,14 @@ class RouteCache:
             seen: list[UpstreamResponse] = []
             await dispatch.forward(runtime, ctx, head, receive, send, wrap=_keep(seen))
             if seen and seen[0].status < 400:  # §4.4: a non-error response invalidates
-                self._invalidate(key, ctx, seen[0].headers)
+                await self._invalidate(key, ctx, seen[0].headers)
             return
         cc = rfc9111.request_directives(request)
         if "no-store" in cc or rfc9111.header(request, b"range") is not None:
             ctx.cache = "bypass"
             await dispatch.forward(runtime, ctx, head, receive, send)
             return
-        entry = self._lookup(key, request)
+        entry = await self.store.lookup(key, request)
         if entry is not None and self._usable(entry, cc, request):
             ctx.cache = "hit"
             await self._serve(dispatch, runtime, ctx, send, entry, b"hit")
@@ -129,7 +146,7 @@ class RouteCache:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.coalesce_timeout):
                     await flight.done.wait()
-            stored = self._lookup(key, request)
+            stored = await self.store.lookup(key, request)
             if stored is not None and self._usable(stored, {}, request):
                 ctx.cache = "coalesced"
                 await self._serve(dispatch, runtime, ctx, send, stored, b"hit; detail=coalesced")
@@ -144,11 +161,6 @@ class RouteCache:
         return (self.route, ctx.host.lower(), target)
 
     # -- lookup ------------------------------------------------------------------------------
-    def _lookup(self, key: Key, request: list[tuple[bytes, bytes]]) -> Entry | None:
-        for entry in self.store.variants(key):
-            if entry.matches(request):
-                return entry
-        return None
 
     def _usable(
         self, entry: Entry, cc: rfc9111.Directives, request: list[tuple[bytes, bytes]]
@@ -206,12 +218,25 @@ class RouteCache:
         headers = [(n, v) for n, v in entry.headers if n != b"age"]
         headers.append((b"age", b"%d" % int(entry.age())))
         headers.append((b"cache-status", b"%s; %s; ttl=%d" % (NAME, status, int(entry.ttl()))))
-        code, body = entry.status, entry.body
+        await dispatch.respond(self._stored(entry, headers, request, ctx), send, runtime, ctx)
+
+    def _stored(
+        self,
+        entry: Entry,
+        headers: Headers,
+        request: Headers,
+        ctx: RequestContext,
+        sent_to: str = "",
+    ) -> UpstreamResponse:
+        """The stored response as the client gets it: a 304 for its own matching conditional,
+        no body for HEAD, the body streamed from a shared store."""
         if _not_modified(request, entry):
-            code, body = 304, b""
-            headers = [(n, v) for n, v in headers if n not in (b"content-length", b"content-type")]
-        response = whole(code, headers, body)
-        await dispatch.respond(response, send, runtime, ctx)
+            kept = [(n, v) for n, v in headers if n not in (b"content-length", b"content-type")]
+            return whole(304, kept, b"", sent_to)
+        if ctx.scope["method"] == "HEAD" or not entry.body_key:
+            return whole(entry.status, headers, entry.body, sent_to)
+        body = self.store.body(entry)
+        return UpstreamResponse(entry.status, headers, body, _closed, sent_to=sent_to)
 
     # -- fetching ----------------------------------------------------------------------------
     async def _fetch(
@@ -254,12 +279,12 @@ class RouteCache:
                 headers.append((b"cache-status", NAME + b"; fwd=stale; fwd-status=304"))
                 # A cookie the 304 set is this client's: sent to it, never stored.
                 headers += [(n, v) for n, v in response.headers if n == b"set-cookie"]
-                return whole(entry.status, headers, entry.body, response.sent_to)
+                return self._stored(entry, headers, [], ctx, response.sent_to)
             if response.status >= 500 and self._if_error(entry):
                 assert entry is not None
                 ctx.cache = "stale"
                 _close_later(response)
-                return self._stale_response(entry, response.sent_to)
+                return self._stale_response(entry, ctx, response.sent_to)
             forwarded = b"stale" if entry is not None else b"miss"
             why = rfc9111.storable(
                 response.status,
@@ -292,20 +317,20 @@ class RouteCache:
                     ctx.scope["method"], ctx.scope["path"], error.code,
                     extra={"request_id": ctx.request_id.decode("ascii")},
                 )  # fmt: skip
-                await dispatch.respond(self._stale_response(entry, ""), send, runtime, ctx)
+                await dispatch.respond(self._stale_response(entry, ctx, ""), send, runtime, ctx)
                 return
             raise
         finally:
             if flight is not None and self._flights.get(key) is flight and not _tee_owns(flight):
                 self._land(key, flight)
 
-    def _stale_response(self, entry: Entry, sent_to: str) -> UpstreamResponse:
+    def _stale_response(self, entry: Entry, ctx: RequestContext, sent_to: str) -> UpstreamResponse:
         headers = [(n, v) for n, v in entry.headers if n != b"age"]
         headers.append((b"age", b"%d" % int(entry.age())))
         headers.append(
             (b"cache-status", b"%s; hit; ttl=%d; detail=stale-if-error" % (NAME, int(entry.ttl())))
         )
-        return whole(entry.status, headers, entry.body, sent_to)
+        return self._stored(entry, headers, [], ctx, sent_to)
 
     def _tee(
         self,
@@ -328,15 +353,20 @@ class RouteCache:
         if flight is not None:
             _TEE_OWNED.add(flight)
 
+        async def save(body: bytes | None) -> None:
+            try:
+                if body is not None:
+                    entry = Entry.of(
+                        status, headers, body, request, sent_at, received_at, heuristic=heuristic
+                    )
+                    await store.save(key, entry)
+            finally:
+                if flight is not None:  # the waiting requests look it up now
+                    _TEE_OWNED.discard(flight)
+                    self._land(key, flight)
+
         def finish(body: bytes | None) -> None:
-            if body is not None:
-                entry = Entry.of(
-                    status, headers, body, request, sent_at, received_at, heuristic=heuristic
-                )
-                store.put(key, entry)
-            if flight is not None:
-                _TEE_OWNED.discard(flight)
-                self._land(key, flight)
+            _spawn(save(body))
 
         if response.complete:
             finish(response.first if len(response.first) <= limit else None)
@@ -380,7 +410,7 @@ class RouteCache:
         entry.headers = rfc9111.updated(entry.headers, fresh)
         entry.request_time, entry.response_time = sent, now
         entry.refresh(heuristic=self.settings.heuristic)
-        self.store.resized(entry, before)
+        _spawn(self.store.refreshed(key, entry, before))
 
     def _refresh_later(
         self,
@@ -420,23 +450,23 @@ class RouteCache:
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
 
-    def _invalidate(
+    async def _invalidate(
         self, key: Key, ctx: RequestContext, headers: list[tuple[bytes, bytes]]
     ) -> None:
         route, host, _ = key
-        self.store.delete(key)
+        await self.store.remove(key)
         for name in (b"location", b"content-location"):
             value = rfc9111.header(headers, name)
             if not value:
                 continue
             target = _same_host_target(value, host)
             if target is not None:
-                self.store.delete((route, host, target))
+                await self.store.remove((route, host, target))
 
 
 #: Flights whose tee lands them when its body ends (not when forward returns).
 _TEE_OWNED: set[_Flight] = set()
-_BACKGROUND: set[asyncio.Task[None]] = set()
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
 def _tee_owns(flight: _Flight) -> bool:
@@ -484,9 +514,18 @@ def _same_host_target(value: bytes, host: bytes) -> bytes | None:
 
 
 def _close_later(response: UpstreamResponse) -> None:
-    task = asyncio.ensure_future(response.aclose())
+    _spawn(response.aclose())
+
+
+def _spawn(work: Awaitable[Any]) -> None:
+    """Run ``work`` in the background, kept referenced until it is done."""
+    task = asyncio.ensure_future(work)
     _BACKGROUND.add(task)
     task.add_done_callback(_BACKGROUND.discard)
+
+
+async def _closed() -> None:
+    return None
 
 
 class _NoBody:

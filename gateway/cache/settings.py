@@ -8,7 +8,7 @@ from typing import Annotated, Final
 
 from annotated_types import Ge, Gt
 
-STORES: Final = ("memory",)
+STORES: Final = ("memory", "redis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,10 @@ class CacheSettings:
 class CacheStoreSettings:
     """``[cache]``: the store every route's ``[routes.cache]`` shares."""
 
-    #: ``memory``: per worker, LRU by bytes.
+    #: ``memory``: per worker, LRU by bytes; ``redis``: in ``[redis]``, shared by every
+    #: worker and instance.
     store: str = "memory"
     #: Bytes of responses (bodies and headers) the memory store holds per worker.
     max_size: Annotated[int, Gt(0)] = 64 << 20
+    #: Redis keys start with this (the rest: the route, host and request-target).
+    key_prefix: str = "quartgate:cache:"

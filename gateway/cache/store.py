@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from gateway.cache import rfc9111
@@ -36,6 +37,10 @@ class Entry:
     cc: rfc9111.Directives = field(default_factory=dict)
     lifetime: float = 0.0
     age_at_store: float = 0.0
+    #: Where a shared store keeps the body ("": the body is ``body``, in this worker).
+    body_key: str = ""
+    #: The route's ``heuristic`` when it was stored (its freshness is recomputed with it).
+    heuristic: bool = False
 
     @classmethod
     def of(
@@ -50,6 +55,7 @@ class Entry:
         heuristic: bool,
     ) -> Entry:
         entry = cls(status, headers, body, request_time, response_time)
+        entry.heuristic = heuristic
         entry.vary = rfc9111.vary_names(headers)
         entry.vary_values = rfc9111.vary_key(request, entry.vary)
         entry.refresh(heuristic=heuristic)
@@ -76,6 +82,13 @@ class Entry:
     @property
     def size(self) -> int:
         return len(self.body) + sum(len(n) + len(v) + 4 for n, v in self.headers) + 256
+
+    def keep_for(self) -> float:
+        """Seconds a shared store keeps it: while fresh, then while it may be served stale
+        or revalidated (an hour beyond its stale windows)."""
+        names = ("stale-while-revalidate", "stale-if-error")
+        windows = [rfc9111.delta(self.cc.get(name)) or 0 for name in names]
+        return max(0.0, self.ttl()) + max(windows) + 3600.0
 
     def matches(self, request: Headers) -> bool:
         return rfc9111.vary_key(request, self.vary) == self.vary_values
@@ -122,6 +135,28 @@ class MemoryStore:
             self.size -= sum(old.size for old in evicted)
         return key in self._entries
 
+    # -- what the route cache awaits (the Redis store's interface, gateway/cache/redis_store.py)
+    async def lookup(self, key: Key, request: Headers) -> Entry | None:
+        for entry in self.variants(key):
+            if entry.matches(request):
+                return entry
+        return None
+
+    async def save(self, key: Key, entry: Entry) -> None:
+        self.put(key, entry)
+
+    async def refreshed(self, key: Key, entry: Entry, before: int) -> None:
+        self.resized(entry, before)
+
+    async def remove(self, key: Key) -> int:
+        return self.delete(key)
+
+    async def remove_under(self, route: str | None, target: bytes | None) -> int:
+        return self.purge(route, target)
+
+    def body(self, entry: Entry) -> AsyncIterator[bytes]:
+        raise NotImplementedError("the memory store keeps bodies in the entry")
+
     def resized(self, entry: Entry, before: int) -> None:
         """``entry`` (stored) changed size from ``before`` (a 304 updated its headers)."""
         self.size += entry.size - before
@@ -139,12 +174,13 @@ class MemoryStore:
         doomed = [
             key
             for key in self._entries
-            if (route is None or key[0] == route) and (target is None or _under(key[2], target))
+            if (route is None or key[0] == route) and (target is None or under(key[2], target))
         ]
         return sum(self.delete(key) for key in doomed)
 
 
-def _under(stored: bytes, target: bytes) -> bool:
+def under(stored: bytes, target: bytes) -> bool:
+    """``stored`` is ``target`` or below it (a path segment or a query further)."""
     if stored == target:
         return True
     prefix = target.rstrip(b"/")

@@ -1,6 +1,6 @@
 """The checks across tables, in one place: a route's upstream exists, route names and
 host+path+methods are unique, the providers and consumers a route's auth names exist, a
-Redis rate limit has a ``[redis]``.
+Redis rate limit and a Redis cache store have a ``[redis]``.
 
 They read the document as written (arrays as tuples), not the validated one: a file with a
 mistake anywhere still gets every cross-reference problem in the same report, as an
@@ -55,6 +55,9 @@ def check_references(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         limit = entry.get("rate_limit")
         if isinstance(limit, dict) and limit.get("backend") == "redis" and "redis" not in data:
             found.append(((*at, "rate_limit", "backend"), "'redis' needs a [redis] section"))
+    cache = data.get("cache")
+    if isinstance(cache, dict) and cache.get("store") == "redis" and "redis" not in data:
+        found.append((("cache", "store"), "'redis' needs a [redis] section"))
     return found
 
 

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from gateway.asgi_types import ASGIApp
+from gateway.cache.redis_store import RedisStore
 from gateway.cache.store import purge_here
 from gateway.config import GatewayConfig
 from gateway.edge.context import Observer
@@ -147,12 +148,22 @@ class Observability:
             self.metrics.ready.set(1 if self.readiness()[0] else 0)
             self.metrics.loop_lag.set(self._proxy.loop_lag.lag)
 
-    def purge_cache(self, route: str, path: str) -> int:
-        """``POST /admin/cache/purge``: this worker's store now, every other worker's at its
-        next sync (within a second); how many entries went here."""
+    async def purge_cache(self, route: str, path: str) -> int:
+        """``POST /admin/cache/purge``: the shared (Redis) store and this worker's memory
+        store now, every other worker's memory store at its next sync (within a second);
+        how many entries went."""
         with self.control.change():
             self._purged = self.control.purge(route, path)
-        return purge_here(route or None, path.encode("latin-1") if path else None)
+        target = path.encode("latin-1") if path else None
+        removed = purge_here(route or None, target)
+        shared = {  # one per Redis key prefix: the routes' stores are the same keys
+            store.prefix: store
+            for runtime in self.state.runtimes.values()
+            if runtime.cache is not None and isinstance(store := runtime.cache.store, RedisStore)
+        }
+        for store in shared.values():
+            removed += await store.remove_under(route or None, target)
+        return removed
 
     def _apply_purges(self) -> None:
         purges = self.control.purges

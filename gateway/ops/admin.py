@@ -65,7 +65,7 @@ class Observability(Protocol):
 
     async def request_reload(self) -> tuple[GatewayConfig, str]: ...
 
-    def purge_cache(self, route: str, path: str) -> int: ...
+    async def purge_cache(self, route: str, path: str) -> int: ...
 
 
 log = logging.getLogger("quartgate")
@@ -145,7 +145,7 @@ class AdminApp:
             )
             return
         if path == "/admin/cache/purge":
-            status, body = self._purge(method, scope["query_string"])
+            status, body = await self._purge(method, scope["query_string"])
         else:
             status, body = await self._api(method, path)
         await _json(send, status, body)
@@ -175,7 +175,7 @@ class AdminApp:
             return 405, _error("method_not_allowed", f"{method} is not allowed on {path}")
         return 404, _error("not_found", f"no admin endpoint {path}")
 
-    def _purge(self, method: str, query: bytes) -> tuple[int, Any]:
+    async def _purge(self, method: str, query: bytes) -> tuple[int, Any]:
         """``POST /admin/cache/purge[?route=NAME][&path=/p]``: stored responses removed, of
         one route or all, under one path or all (docs/cache.md)."""
         if method != "POST":
@@ -187,7 +187,7 @@ class AdminApp:
             return 404, _error("not_found", f"no route named {route!r}")
         if path and not path.startswith("/"):
             return 400, _error("bad_request", "path must start with /")
-        purged = self.obs.purge_cache(route, path)
+        purged = await self.obs.purge_cache(route, path)
         return 200, {"purged": purged, "route": route or None, "path": path or None}
 
     # ---- probes and metrics -------------------------------------------------------------
