@@ -6,7 +6,9 @@ direct and nginx's ``proxy_cache`` as references, in one invocation.
 The upstream is nginx serving a 100-byte JSON at ``/cached`` (``Cache-Control:
 max-age=3600``) and at ``/uncached`` (``no-store``), on CPU 1 with wrk. quartgate (one worker,
 Hypercorn or uvicorn, a catch-all route with ``[routes.cache]``, the memory store) and nginx
-(one worker, ``proxy_cache`` with a memory-backed zone) each on CPU 0 in turn. Rows: direct
+(one worker, ``proxy_cache`` with a memory-backed zone) each on CPU 0 in turn; with
+redis-server installed, a second quartgate with ``[cache] store = "redis"`` (Redis on CPU 1,
+over a unix socket). Rows: direct
 to the upstream; quartgate hits (``/cached`` after a warm-up stored it); quartgate misses
 (``/uncached``: every request goes upstream); nginx ``proxy_cache`` hits. Runs interleave;
 each is a 1 s warm-up, then ``--seconds`` measured. Reported: req/s, p50/p99, errors and
@@ -17,13 +19,14 @@ Bounded: every run is ``--seconds`` long; everything listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from loadtests import loadgen
-from loadtests.servers import JSON_BODY, NGINX, Service, nginx_service, quartgate
+from loadtests.servers import JSON_BODY, NGINX, Service, free_port, nginx_service, quartgate
 from loadtests.summarize import loadavg, median_range
 
 UPSTREAM = """\
@@ -56,8 +59,11 @@ NGINX_CACHE = """\
 """
 
 
-def config(upstream: Service) -> str:
-    return f"""\
+def config(upstream: Service, redis: str = "") -> str:
+    store = f'[redis]\nurl = "{redis}"\n\n[cache]\nstore = "redis"\n\n' if redis else ""
+    return (
+        store
+        + f"""\
 [upstreams.origin]
 targets = ["{upstream.url}"]
 
@@ -67,6 +73,7 @@ path = "/"
 upstream = "origin"
 [routes.cache]
 """
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +100,30 @@ def main(argv: list[str] | None = None) -> int:
         server=args.engine,
         config_text=config(upstream),
     )
+    redis = None
+    redis_gateway = None
+    if shutil.which("redis-server"):
+        socket_path = workdir / "redis.sock"
+        redis_port = free_port()  # for the readiness probe; the gateway uses the socket
+        redis = Service(
+            "redis",
+            [
+                "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                "--unixsocket", str(socket_path), "--save", "", "--appendonly", "no",
+                "--dir", str(workdir),
+            ],
+            redis_port,
+            workdir,
+            cpus=args.load_cpu,
+        )  # fmt: skip
+        redis_gateway = quartgate(
+            workdir,
+            upstream,
+            cpus=args.sut_cpu,
+            server=args.engine,
+            name="quartgate-redis",
+            config_text=config(upstream, f"unix://{socket_path}?db=0"),
+        )
     cache = nginx_service(
         "nginx", workdir, NGINX_CACHE, cpus=args.sut_cpu, upstream=f"127.0.0.1:{upstream.port}"
     )
@@ -103,11 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         f"quartgate ({args.engine}) miss": (gateway, "/uncached"),
         "nginx proxy_cache hit": (cache, "/cached"),
     }
+    if redis_gateway is not None:
+        rows[f"quartgate ({args.engine}) Redis hit"] = (redis_gateway, "/cached")
     results: dict[str, list[loadgen.Result]] = {name: [] for name in rows}
     cpu: dict[str, list[float]] = {name: [] for name in rows}
     before = loadavg()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
+        if redis is not None and redis_gateway is not None:
+            redis.start()
+            redis_gateway.start()
         gateway.start()
         cache.start()
         for _ in range(args.runs):
@@ -126,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 service.settle()
     finally:
-        for service in (gateway, cache, upstream):
-            service.stop()
+        for stopping in (gateway, cache, upstream, redis_gateway, redis):
+            if stopping is not None:
+                stopping.stop()
     after = loadavg()
     print(
         f"\n{started}: {args.runs} runs, {args.connections} connections, {args.seconds:g} s "

@@ -3,10 +3,11 @@ every gateway instance that points at it (docs/cache.md).
 
 Per key (route, host, request-target) a hash holds one field per variant (its ``Vary``
 values), each the variant's metadata as JSON: status, headers, times, where its body is.
-A body is a list of chunks of at most :data:`CHUNK` bytes under a key of its own, and is
-served chunk by chunk (:meth:`RedisStore.body`), so a worker never holds a stored body whole
-to send it; a body over the route's ``max_entry_size`` is never stored. Both keys expire
-when the response can no longer be served (fresh, then its stale windows, then an hour to
+A body of at most :data:`CHUNK` bytes is a field of that hash (a hit is one round trip);
+a larger one is a list of chunks under a key of its own, served a few chunks at a time
+(:meth:`RedisStore.body`), so a worker never holds a larger stored body whole to send
+it; a body over the route's ``max_entry_size`` is never stored. Both keys expire when
+the response can no longer be served (fresh, then its stale windows, then an hour to
 be revalidated); beyond that Redis's own ``maxmemory-policy`` decides what goes.
 
 Redis being down or slow (``[redis] timeout``) is a miss, never an error for the client:
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("quartgate")
 
 CHUNK: Final = 64 * 1024
+#: The hash field of an inline body: its variant's field and this (a body of at most one
+#: chunk is kept in the variant's hash, so a hit is one round trip).
+INLINE: Final = "\n"
+INLINE_BYTES: Final = b"\n"
 #: Chunks read per round trip when a body is served.
 BATCH: Final = 4
 LOG_EVERY: Final = 10.0
@@ -59,13 +64,17 @@ class RedisStore:
     # -- the route cache's interface ----------------------------------------------------------
     async def lookup(self, key: Key, request: Headers) -> Entry | None:
         try:
-            variants = await self._redis.hgetall(self._meta(key))
+            variants = _as_bytes(await self._redis.hgetall(self._meta(key)))
         except Exception as error:
             self._failed("lookup", error)
             return None
-        for raw in variants.values():
+        for field, raw in variants.items():
+            if field.endswith(INLINE_BYTES):
+                continue
             entry = _entry(json.loads(raw))
             if entry.matches(request):
+                if not entry.body_key:
+                    entry.body = variants.get(field + INLINE_BYTES, b"")
                 return entry
         return None
 
@@ -74,16 +83,23 @@ class RedisStore:
         keep = max(1, int(entry.keep_for() * 1000))
         meta = self._meta(key)
         field = self._variant(entry)
+        body = entry.body
         try:
             old = await self._redis.hget(meta, field)
             async with self._redis.pipeline(transaction=True) as pipe:
-                body = entry.body
-                chunks = [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)] or [b""]
-                pipe.rpush(body_key, *chunks)
-                pipe.pexpire(body_key, keep)
-                pipe.hset(meta, field, json.dumps(_record(entry, body_key, len(chunks))))
+                if len(body) <= CHUNK:  # inline: a hit is one round trip
+                    pipe.hset(
+                        meta,
+                        mapping={field: json.dumps(_record(entry, "", 0)), field + INLINE: body},
+                    )
+                else:
+                    chunks = [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)]
+                    pipe.rpush(body_key, *chunks)
+                    pipe.pexpire(body_key, keep)
+                    pipe.hset(meta, field, json.dumps(_record(entry, body_key, len(chunks))))
+                    pipe.hdel(meta, field + INLINE)
                 pipe.pexpire(meta, keep)
-                if old is not None:
+                if old is not None and json.loads(old)["body"]:
                     pipe.delete(json.loads(old)["body"])
                 await pipe.execute()
         except Exception as error:
@@ -98,7 +114,8 @@ class RedisStore:
                 record = _record(entry, entry.body_key, -1)
                 pipe.hset(meta, self._variant(entry), json.dumps(record))
                 pipe.pexpire(meta, keep)
-                pipe.pexpire(entry.body_key, keep)
+                if entry.body_key:
+                    pipe.pexpire(entry.body_key, keep)
                 await pipe.execute()
         except Exception as error:
             self._failed("update", error)
@@ -106,15 +123,17 @@ class RedisStore:
     async def remove(self, key: Key) -> int:
         meta = self._meta(key)
         try:
-            variants = await self._redis.hgetall(meta)
+            variants = _as_bytes(await self._redis.hgetall(meta))
             if not variants:
                 return 0
-            bodies = [json.loads(raw)["body"] for raw in variants.values()]
-            await self._redis.delete(meta, *bodies)
+            records = [
+                json.loads(raw) for f, raw in variants.items() if not f.endswith(INLINE_BYTES)
+            ]
+            await self._redis.delete(meta, *(r["body"] for r in records if r["body"]))
         except Exception as error:
             self._failed("invalidate", error)
             return 0
-        return len(variants)
+        return len(records)
 
     async def remove_under(self, route: str | None, target: bytes | None) -> int:
         pattern = f"{self._prefix}m:{route or '*'}|*"
@@ -155,6 +174,13 @@ class RedisStore:
                 type(error).__name__,
                 error,
             )
+
+
+def _as_bytes(found: dict[Any, Any]) -> dict[bytes, bytes]:
+    def raw(value: bytes | str) -> bytes:
+        return value if isinstance(value, bytes) else value.encode("latin-1")
+
+    return {raw(name): raw(value) for name, value in found.items()}
 
 
 def _record(entry: Entry, body_key: str, chunks: int) -> dict[str, Any]:
