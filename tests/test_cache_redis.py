@@ -147,3 +147,19 @@ def test_a_redis_store_without_a_redis_table_is_a_config_error(tmp_path: Path) -
     )
     assert done.returncode == 1
     assert f"{config}: cache.store: 'redis' needs a [redis] section" in done.stderr
+
+
+def test_a_cache_on_an_in_process_route_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[upstreams.app]\napp = "tests.support.inprocess_apps:bare_asgi"\n'
+        '[[routes]]\nname = "r"\npath = "/"\nupstream = "app"\n[routes.cache]\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert 'routes[0] "r".cache: is for HTTP upstreams' in done.stderr

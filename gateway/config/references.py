@@ -41,6 +41,9 @@ def check_references(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         elif upstream in apps and "prefix_rewrite" in entry:
             reason = "is for HTTP upstreams; an in-process app is mounted (use strip_prefix)"
             found.append(((*at, "prefix_rewrite"), reason))
+        if upstream in apps and "cache" in entry:
+            reason = "is for HTTP upstreams; an in-process app's responses are not stored"
+            found.append(((*at, "cache"), reason))
         name = _text(entry, "name") or f"route{index}"
         if name in names:
             found.append(((*at, "name"), f"duplicate route name (also routes[{names[name]}])"))
