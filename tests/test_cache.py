@@ -26,6 +26,9 @@ from tests.support.observability import Admin, value, wait_until
 from tests.support.scripted import ScriptedUpstream
 
 CONFIG = """
+[gateway]
+trusted_proxies = ["127.0.0.1/32"]
+
 {admin}
 [upstreams.origin]
 targets = ["{url}"]
@@ -132,6 +135,17 @@ def test_a_304s_cookie_goes_to_its_client_and_is_never_stored(
     assert served.headers["cache-status"].startswith("quartgate; hit")
     assert "set-cookie" not in served.headers
     assert seen(origin, "/etag-cookie") == 2
+
+
+def test_the_scheme_the_upstream_is_told_is_part_of_the_key(
+    get: Callable[..., httpx.Response], origin: tuple[Origin, ScriptedUpstream]
+) -> None:
+    """Behind a TLS-terminating proxy the upstream may build https links for one and http
+    for the other: a response for one scheme never answers the other."""
+    assert get("/fresh-scheme", x_forwarded_proto="https").text == "/fresh-scheme #1"
+    assert get("/fresh-scheme").text == "/fresh-scheme #2"
+    assert get("/fresh-scheme", x_forwarded_proto="https").text == "/fresh-scheme #1"
+    assert get("/fresh-scheme").text == "/fresh-scheme #2"
 
 
 def test_vary_keeps_one_variant_per_value(

@@ -154,11 +154,20 @@ class RouteCache:
         await self._fetch(dispatch, runtime, ctx, head, receive, send, key, entry, cc)
 
     def key(self, ctx: RequestContext) -> Key:
+        """(route, scheme://host, request-target): the URI the client asked for, its scheme
+        the one the upstream is told (a trusted proxy's ``X-Forwarded-Proto``, else the
+        connection's), so an upstream that builds links from it is never answered across
+        schemes."""
         scope = ctx.scope
         target = scope["raw_path"]
         if scope["query_string"]:
             target = target + b"?" + scope["query_string"]
-        return (self.route, ctx.host.lower(), target)
+        scheme = b"https" if scope["scheme"] == "https" else b"http"
+        for name, value in ctx.forwarding or ():
+            if name == b"x-forwarded-proto":
+                scheme = value.lower()
+                break
+        return (self.route, scheme + b"://" + ctx.host.lower(), target)
 
     # -- lookup ------------------------------------------------------------------------------
 
@@ -453,15 +462,16 @@ class RouteCache:
     async def _invalidate(
         self, key: Key, ctx: RequestContext, headers: list[tuple[bytes, bytes]]
     ) -> None:
-        route, host, _ = key
+        route, origin, _ = key
         await self.store.remove(key)
+        host = origin.partition(b"://")[2]
         for name in (b"location", b"content-location"):
             value = rfc9111.header(headers, name)
             if not value:
                 continue
             target = _same_host_target(value, host)
             if target is not None:
-                await self.store.remove((route, host, target))
+                await self.store.remove((route, origin, target))
 
 
 #: Flights whose tee lands them when its body ends (not when forward returns).

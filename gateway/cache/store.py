@@ -1,7 +1,7 @@
 """Where stored responses live: ``[cache]`` chooses the store (docs/cache.md).
 
 The memory store is per worker, bounded by bytes (bodies and headers counted), least
-recently used out first. A key (route, host, request-target) holds its variants, one per
+recently used out first. A key (route, scheme://host, request-target) holds its variants, one per
 combination of the request headers its ``Vary`` names. A body larger than the route's
 ``max_entry_size`` is never stored, so no response is held whole for the store's sake
 beyond that bound: it streams through and the copy stops at the cap.
@@ -18,7 +18,7 @@ from gateway.cache import rfc9111
 from gateway.cache.settings import CacheStoreSettings
 
 Headers = list[tuple[bytes, bytes]]
-Key = tuple[str, bytes, bytes]  # route, host, request-target
+Key = tuple[str, bytes, bytes]  # route, scheme://host, request-target
 
 
 @dataclass(slots=True)
