@@ -187,4 +187,4 @@ def _route_cache(
         store = RedisStore(resources.redis(), store_settings.key_prefix)
     else:
         store = memory_store(store_settings)
-    return RouteCache(route, settings, store)
+    return RouteCache(route, settings, store, config.gateway.request_id_header.encode("ascii"))

@@ -9,29 +9,49 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from gateway.cache import rfc9111
-from gateway.cache.settings import CacheStoreSettings
-from gateway.cache.store import Entry, MemoryStore, memory_store
+from gateway.cache.route_cache import RouteCache
+from gateway.cache.settings import CacheSettings, CacheStoreSettings
+from gateway.cache.store import MAX_VARIANTS, Entry, MemoryStore, memory_store
+from gateway.edge.context import RequestContext
+from gateway.edge.head import RequestHead
 from gateway.ops.control import Control
 from tests.support.cache_origin import Origin
 from tests.support.gateway import GatewayProcess
 from tests.support.observability import Admin, value, wait_until
 from tests.support.scripted import ScriptedUpstream
+from upstreams.messages import UpstreamResponse
 
 CONFIG = """
 [gateway]
 trusted_proxies = ["127.0.0.1/32"]
 
 {admin}
+[consumers.alice]
+api_key_sha256 = ["{alice}"]
+[consumers.bob]
+api_key_sha256 = ["{bob}"]
+
 [upstreams.origin]
 targets = ["{url}"]
+
+[[routes]]
+name = "keyed"
+path = "/fresh-keyed"
+upstream = "origin"
+[routes.auth]
+api_key = true
+[routes.cache]
 
 [[routes]]
 name = "cached"
@@ -55,7 +75,14 @@ def gateway(
 ) -> Iterator[tuple[GatewayProcess, Admin]]:
     admin = Admin()
     config = tmp_path_factory.mktemp("cache") / "gateway.toml"
-    config.write_text(CONFIG.format(admin=admin.section(), url=origin[1].url))
+    config.write_text(
+        CONFIG.format(
+            admin=admin.section(),
+            url=origin[1].url,
+            alice=hashlib.sha256(b"alice-key").hexdigest(),
+            bob=hashlib.sha256(b"bob-key").hexdigest(),
+        )
+    )
     process = GatewayProcess(config).start()
     yield process, admin
     process.stop()
@@ -146,6 +173,118 @@ def test_the_scheme_the_upstream_is_told_is_part_of_the_key(
     assert get("/fresh-scheme").text == "/fresh-scheme #2"
     assert get("/fresh-scheme", x_forwarded_proto="https").text == "/fresh-scheme #1"
     assert get("/fresh-scheme").text == "/fresh-scheme #2"
+
+
+# ---- found by an adversarial review: each a way one client could be served another's ----
+
+
+def test_a_304_to_one_clients_conditional_is_never_stored_for_the_next(
+    get: Callable[..., httpx.Response], origin: tuple[Origin, ScriptedUpstream]
+) -> None:
+    attacker = get("/cond", if_none_match='"v1"')
+    assert attacker.status_code == 304
+    victim = get("/cond")
+    assert victim.status_code == 200 and victim.text == "/cond #2"
+
+
+def test_other_preconditions_bypass_the_cache(
+    get: Callable[..., httpx.Response], origin: tuple[Origin, ScriptedUpstream]
+) -> None:
+    assert get("/precond", if_match='"nope"').status_code == 412
+    victim = get("/precond")
+    assert victim.status_code == 200 and victim.text == "/precond #2"
+
+
+def test_a_get_with_a_body_is_neither_served_nor_stored(
+    gateway: tuple[GatewayProcess, Admin], origin: tuple[Origin, ScriptedUpstream]
+) -> None:
+    with httpx.Client(base_url=gateway[0].url, timeout=15) as client:
+        fat = client.request("GET", "/fresh-fat", content=b"EVIL-BODY")
+        assert fat.text == "/fresh-fat #1"
+        assert client.get("/fresh-fat").text == "/fresh-fat #2"  # not the fat one's
+
+
+def test_the_forwarded_host_the_upstream_is_told_is_part_of_the_key(
+    get: Callable[..., httpx.Response], origin: tuple[Origin, ScriptedUpstream]
+) -> None:
+    assert get("/fresh-xfh", x_forwarded_host="evil.test").text == "/fresh-xfh #1"
+    assert get("/fresh-xfh").text == "/fresh-xfh #2"
+    assert get("/fresh-xfh", x_forwarded_host="evil.test").text == "/fresh-xfh #1"
+
+
+def test_one_consumers_response_is_never_served_to_another(
+    get: Callable[..., httpx.Response], origin: tuple[Origin, ScriptedUpstream]
+) -> None:
+    """An API key is no Authorization header, yet the response may be that consumer's."""
+    assert get("/fresh-keyed", x_api_key="alice-key").text == "/fresh-keyed #1"
+    assert get("/fresh-keyed", x_api_key="bob-key").text == "/fresh-keyed #2"
+    assert get("/fresh-keyed", x_api_key="alice-key").text == "/fresh-keyed #3"
+
+
+def test_a_response_varying_on_a_header_the_gateway_sets_is_not_stored(
+    get: Callable[..., httpx.Response], origin: tuple[Origin, ScriptedUpstream]
+) -> None:
+    first = get("/vary-xff")
+    assert "fwd-status=200" in first.headers["cache-status"]
+    assert get("/vary-xff").text == "/vary-xff #2"
+
+
+def test_a_key_keeps_a_bounded_number_of_variants_and_counts_its_bytes() -> None:
+    store = MemoryStore(max_size=1 << 30)
+    key = ("r", b"http://h", b"/v")
+    for n in range(MAX_VARIANTS + 8):
+        headers = [(b"cache-control", b"max-age=60"), (b"vary", b"x-v")]
+        store.put(key, Entry.of(200, headers, b"b", [(b"x-v", b"%d" % n)], 0, 0, heuristic=False))
+    assert len(store.variants(key)) == MAX_VARIANTS
+    assert store.size > 0
+    store.delete(key)
+    assert store.size == 0  # every byte it counted is given back
+
+
+async def test_a_leader_that_fails_before_its_body_releases_the_waiting_requests() -> None:
+    """Its client gone before the head: the copy of its body never starts, and the requests
+    waiting for it must not wait for a fetch that will store nothing."""
+
+    class Dispatch:
+        calls = 0
+
+        async def forward(self, runtime: object, ctx: RequestContext, head: RequestHead,
+                          receive: object, send: Callable[..., Any], *,
+                          wrap: Any = None, extra: object = None) -> None:  # fmt: skip
+            Dispatch.calls += 1
+
+            async def body() -> AsyncIterator[bytes]:
+                yield b"chunk"
+
+            async def close() -> None:
+                return None
+
+            response = UpstreamResponse(200, [(b"cache-control", b"max-age=600")], body(), close)
+            await self.respond(wrap(response), send, runtime, ctx)
+
+        async def respond(self, response: UpstreamResponse, send: Callable[..., Any],
+                          runtime: object, ctx: RequestContext) -> None:  # fmt: skip
+            try:
+                await send({"type": "http.response.start"})
+                async for chunk in response.body:
+                    await send({"type": "http.response.body", "body": chunk})
+            finally:
+                await response.aclose()
+
+    scope = {"type": "http", "method": "GET", "raw_path": b"/x", "query_string": b"",
+             "scheme": "http", "headers": [(b"host", b"h")], "path": "/x"}  # fmt: skip
+    cache = RouteCache("r", CacheSettings(coalesce_timeout=30.0), MemoryStore(1 << 20))
+
+    async def gone(message: object) -> None:
+        raise OSError("client gone before the head")
+
+    head = RequestHead(scope["headers"], b"x-request-id")  # type: ignore[arg-type]
+    ctx = RequestContext(scope, b"1", b"h", time.perf_counter())  # type: ignore[arg-type]
+    with pytest.raises(OSError):
+        await cache.handle(Dispatch(), None, ctx, head, None, gone)  # type: ignore[arg-type]
+    for _ in range(10):  # the background save runs: no clock involved
+        await asyncio.sleep(0)
+    assert cache._flights == {}
 
 
 def test_vary_keeps_one_variant_per_value(
@@ -313,7 +452,8 @@ def test_what_may_be_stored() -> None:
 
     fresh = [(b"cache-control", b"max-age=60")]
     assert why(200, fresh) is None
-    assert why(206, fresh) == "partial or interim response"
+    assert why(206, fresh) == "partial, interim or not-modified response"
+    assert why(304, fresh) == "partial, interim or not-modified response"
     assert why(302, [(b"etag", b'"x"')]) == "status 302 without explicit freshness"
     assert why(302, fresh) is None
     assert why(200, []) == "no freshness and no validator"
@@ -349,7 +489,8 @@ def test_the_store_evicts_least_recently_used_and_purges_under_a_path() -> None:
             200, [(b"cache-control", b"max-age=60")], body, [], 0.0, 0.0, heuristic=False
         )
 
-    store = MemoryStore(max_size=3 * entry(b"x" * 1000).size)
+    one = entry(b"x" * 1000).size + len("r") + len("h") + len("/a") + 64  # with its key
+    store = MemoryStore(max_size=3 * one)
     for name in (b"/a", b"/b", b"/c"):
         store.put(("r", b"h", name), entry(b"x" * 1000))
     store.variants(("r", b"h", b"/a"))  # /a used: /b is now the oldest

@@ -13,11 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.cache.redis_store import RedisStore
+from gateway.cache.store import Entry
+from gateway.policies.ratelimit import make_redis
 from tests.support.cache_origin import Origin
 from tests.support.edge import RedisServer
 from tests.support.gateway import GatewayProcess
 from tests.support.observability import Admin, wait_until
 from tests.support.scripted import ScriptedUpstream
+from upstreams.errors import UpstreamProtocolError
 
 CONFIG = """
 {admin}
@@ -163,3 +167,34 @@ def test_a_cache_on_an_in_process_route_is_a_config_error(tmp_path: Path) -> Non
     )
     assert done.returncode == 1
     assert 'routes[0] "r".cache: is for HTTP upstreams' in done.stderr
+
+
+async def test_a_stored_body_gone_mid_stream_is_an_error_not_a_short_body(tmp_path: Path) -> None:
+    """Replaced, purged or expired while a client reads it: the client must see a cut
+    response (the dispatch aborts it), never a shorter body that ends cleanly."""
+    redis = RedisServer(tmp_path).start()
+    client = make_redis(redis.url, 2.0)
+    try:
+        store = RedisStore(client, "test:cut:")
+        body = bytes(range(256)) * 256 * 5 + b"!"  # just over five 64 KiB chunks: two reads
+        key = ("r", b"http://h", b"/cut")
+        fresh = [(b"cache-control", b"max-age=60")]
+        await store.save(key, Entry.of(200, fresh, body, [], 0.0, 0.0, heuristic=False))
+        entry = await store.lookup(key, [])
+        assert entry is not None and entry.chunks == 6
+        read = bytearray()
+        with pytest.raises(UpstreamProtocolError, match="gone while being served"):
+            async for chunk in store.body(entry):
+                read += chunk
+                if len(read) == 4 * 65536:  # the first read's four chunks are out
+                    await client.delete(entry.body_key)
+        assert len(read) == 4 * 65536
+        whole = await store.lookup(key, [])
+        assert whole is not None
+        await store.save(key, Entry.of(200, fresh, body, [], 0.0, 0.0, heuristic=False))
+        again = await store.lookup(key, [])
+        assert again is not None
+        assert b"".join([c async for c in store.body(again)]) == body
+    finally:
+        await client.aclose()
+        redis.stop()

@@ -39,6 +39,8 @@ INLINE_BYTES: Final = b"\n"
 #: Chunks read per round trip when a body is served.
 BATCH: Final = 4
 LOG_EVERY: Final = 10.0
+#: A replaced body is kept this long (ms) for the clients still reading it.
+GRACE_MS: Final = 60_000
 
 
 class RedisStore:
@@ -99,8 +101,9 @@ class RedisStore:
                     pipe.hset(meta, field, json.dumps(_record(entry, body_key, len(chunks))))
                     pipe.hdel(meta, field + INLINE)
                 pipe.pexpire(meta, keep)
-                if old is not None and json.loads(old)["body"]:
-                    pipe.delete(json.loads(old)["body"])
+                replaced = json.loads(old)["body"] if old is not None else ""
+                if replaced:  # a client may still be reading it: it goes a while later
+                    pipe.pexpire(replaced, GRACE_MS)
                 await pipe.execute()
         except Exception as error:
             self._failed("store", error)
@@ -148,20 +151,20 @@ class RedisStore:
         return removed
 
     async def body(self, entry: Entry) -> AsyncIterator[bytes]:
-        """The stored body, :data:`BATCH` chunks per round trip."""
+        """The stored body, :data:`BATCH` chunks per round trip; every chunk its metadata
+        counted, or an error (the head is out: the client sees a cut body, never a short
+        one that looks complete)."""
         start = 0
-        while True:
+        while start < entry.chunks:
             try:
                 chunks = await self._redis.lrange(entry.body_key, start, start + BATCH - 1)
-            except Exception as error:
+            except Exception as error:  # the head is out: a cut body
                 raise UpstreamProtocolError(f"stored body unreadable: {error}") from None
-            if not chunks and start == 0:
-                raise UpstreamProtocolError("stored body expired while being served")
+            if len(chunks) < min(BATCH, entry.chunks - start):
+                raise UpstreamProtocolError("stored body gone while being served")
             for chunk in chunks:
                 if chunk:
                     yield chunk if isinstance(chunk, bytes) else chunk.encode("latin-1")
-            if len(chunks) < BATCH:
-                return
             start += BATCH
 
     def _failed(self, what: str, error: Exception) -> None:
@@ -208,5 +211,6 @@ def _entry(record: dict[str, Any]) -> Entry:
         tuple(v.encode("latin-1") if v is not None else None for v in record["vary_values"]),
     )
     entry.body_key = record["body"]
+    entry.chunks = record.get("chunks", 0)
     entry.refresh(heuristic=record.get("heuristic", False))
     return entry

@@ -130,8 +130,8 @@ def storable(
     heuristic: bool,
 ) -> str | None:
     """Why the response to a GET may not be stored, or None when it may."""
-    if status < 200 or status == 206:
-        return "partial or interim response"
+    if status < 200 or status in (206, 304):
+        return "partial, interim or not-modified response"
     if "must-understand" in response_cc:  # §5.2.2.3: only statuses it knows the rules of
         if status not in CACHEABLE_BY_DEFAULT | UNDERSTOOD:
             return f"must-understand and status {status}"

@@ -92,11 +92,15 @@ class _Flight:
 
 
 class RouteCache:
-    def __init__(self, route: str, settings: CacheSettings, store: Store) -> None:
+    def __init__(
+        self, route: str, settings: CacheSettings, store: Store, id_header: bytes = b"x-request-id"
+    ) -> None:
         self.route = route
         self.settings = settings
         self.store = store
         self._flights: dict[Key, _Flight] = {}
+        #: The request id header, which the gateway sets on every request it forwards.
+        self.id_header = id_header
         self._refreshing: set[Key] = set()
 
     # -- the stage ---------------------------------------------------------------------------
@@ -123,12 +127,12 @@ class RouteCache:
                 await self._invalidate(key, ctx, seen[0].headers)
             return
         cc = rfc9111.request_directives(request)
-        if "no-store" in cc or rfc9111.header(request, b"range") is not None:
+        if "no-store" in cc or _bypassed(request, head):
             ctx.cache = "bypass"
             await dispatch.forward(runtime, ctx, head, receive, send)
             return
         entry = await self.store.lookup(key, request)
-        if entry is not None and self._usable(entry, cc, request):
+        if entry is not None and self._usable(entry, cc, request, ctx):
             ctx.cache = "hit"
             await self._serve(dispatch, runtime, ctx, send, entry, b"hit")
             return
@@ -147,7 +151,7 @@ class RouteCache:
                 async with asyncio.timeout(self.settings.coalesce_timeout):
                     await flight.done.wait()
             stored = await self.store.lookup(key, request)
-            if stored is not None and self._usable(stored, {}, request):
+            if stored is not None and self._usable(stored, {}, request, ctx):
                 ctx.cache = "coalesced"
                 await self._serve(dispatch, runtime, ctx, send, stored, b"hit; detail=coalesced")
                 return
@@ -163,21 +167,30 @@ class RouteCache:
         if scope["query_string"]:
             target = target + b"?" + scope["query_string"]
         scheme = b"https" if scope["scheme"] == "https" else b"http"
+        told: list[bytes] = []  # the host and port the upstream is told, when not the Host
         for name, value in ctx.forwarding or ():
             if name == b"x-forwarded-proto":
                 scheme = value.lower()
-                break
-        return (self.route, scheme + b"://" + ctx.host.lower(), target)
+            elif name in (b"x-forwarded-host", b"x-forwarded-port", b"forwarded"):
+                told.append(name + b"=" + value.lower())
+        origin = scheme + b"://" + ctx.host.lower()
+        if told:
+            origin += b" " + b";".join(told)
+        return (self.route, origin, target)
 
     # -- lookup ------------------------------------------------------------------------------
 
     def _usable(
-        self, entry: Entry, cc: rfc9111.Directives, request: list[tuple[bytes, bytes]]
+        self,
+        entry: Entry,
+        cc: rfc9111.Directives,
+        request: list[tuple[bytes, bytes]],
+        ctx: RequestContext,
     ) -> bool:
         """The stored response may answer this request without the upstream (§4.2, §5.2.1)."""
         if "no-cache" in cc or "no-cache" in entry.cc:
             return False
-        if rfc9111.header(request, b"authorization") is not None and not (
+        if _authenticated(request, ctx) and not (
             {"public", "s-maxage", "must-revalidate"} & entry.cc.keys()
         ):
             return False  # §3.5: shared only when the response said so
@@ -295,13 +308,15 @@ class RouteCache:
                 _close_later(response)
                 return self._stale_response(entry, ctx, response.sent_to)
             forwarded = b"stale" if entry is not None else b"miss"
+            response_cc = rfc9111.directives(rfc9111.header(response.headers, b"cache-control"))
             why = rfc9111.storable(
-                response.status,
-                request,
-                response.headers,
-                rfc9111.directives(rfc9111.header(response.headers, b"cache-control")),
+                response.status, request, response.headers, response_cc,
                 heuristic=self.settings.heuristic,
-            )
+            )  # fmt: skip
+            if why is None:
+                why = self._unshareable(response, response_cc, request, ctx)
+            if response.status == 304 and why is None:
+                why = "a 304 is an answer to its request's own conditional"
             if not get or why is not None:
                 if flight is not None:  # nothing will be stored: the waiting fetch now
                     self._land(key, flight)
@@ -332,6 +347,25 @@ class RouteCache:
         finally:
             if flight is not None and self._flights.get(key) is flight and not _tee_owns(flight):
                 self._land(key, flight)
+
+    def _unshareable(
+        self,
+        response: UpstreamResponse,
+        cc: rfc9111.Directives,
+        request: list[tuple[bytes, bytes]],
+        ctx: RequestContext,
+    ) -> str | None:
+        """What a gateway in front of the upstream knows and the RFC's rules cannot: why
+        this response may not be stored for other clients."""
+        if (
+            _authenticated(request, ctx)
+            and not {"public", "s-maxage", "must-revalidate"} & cc.keys()
+        ):
+            return "an authenticated consumer's response"  # an API key, a hidden JWT
+        for name in rfc9111.vary_names(response.headers):
+            if name in GATEWAY_SET or name == self.id_header:
+                return f"Vary names {name.decode('latin-1')}, which the gateway sets"
+        return None
 
     def _stale_response(self, entry: Entry, ctx: RequestContext, sent_to: str) -> UpstreamResponse:
         headers = [(n, v) for n, v in entry.headers if n != b"age"]
@@ -384,6 +418,7 @@ class RouteCache:
         kept = bytearray(response.first)
 
         async def copy() -> AsyncGenerator[bytes, None]:
+            started.append(True)
             whole = False
             size = len(kept)
             try:
@@ -398,9 +433,13 @@ class RouteCache:
 
         streamed = copy()
         upstream_close = response.aclose
+        started: list[bool] = []
 
         async def aclose() -> None:
-            await streamed.aclose()  # a body cut short stores nothing and lands the flight
+            if started:
+                await streamed.aclose()  # a body cut short stores nothing, lands the flight
+            else:  # never iterated (its client was gone before the head): its finally
+                finish(None)  # would not run, and the waiting requests would wait in vain
             await upstream_close()
 
         response.body = streamed
@@ -464,7 +503,7 @@ class RouteCache:
     ) -> None:
         route, origin, _ = key
         await self.store.remove(key)
-        host = origin.partition(b"://")[2]
+        host = origin.partition(b"://")[2].partition(b" ")[0]
         for name in (b"location", b"content-location"):
             value = rfc9111.header(headers, name)
             if not value:
@@ -489,6 +528,31 @@ def _keep(seen: list[UpstreamResponse]) -> Any:
         return response
 
     return wrap
+
+
+#: Request headers the gateway sets itself when it forwards (gateway/edge/forwarding.py):
+#: a response that varies on them varies per client, not per request the client made.
+GATEWAY_SET = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+     b"forwarded", b"via", b"traceparent", b"tracestate", b"x-consumer-username"}
+)  # fmt: skip
+#: Preconditions other than the validation ones: their answers (412, 206) are theirs alone.
+PRECONDITIONS = (b"if-match", b"if-unmodified-since", b"if-range", b"range")
+
+
+def _bypassed(request: list[tuple[bytes, bytes]], head: RequestHead) -> bool:
+    """Requests the cache neither answers nor stores the answer of: a range or another
+    precondition, or a GET/HEAD with a body (not in the key, yet the upstream sees it)."""
+    if any(name in PRECONDITIONS for name, _ in request):
+        return True
+    length = head.content_length
+    return head.transfer_encoding is not None or (length is not None and length.strip() != b"0")
+
+
+def _authenticated(request: list[tuple[bytes, bytes]], ctx: RequestContext) -> bool:
+    """``Authorization`` (§3.5), or a consumer the gateway authenticated (an API key, a JWT
+    whose header it hid): either way the response may be that consumer's alone."""
+    return ctx.consumer is not None or rfc9111.header(request, b"authorization") is not None
 
 
 def _conditional(request: list[tuple[bytes, bytes]]) -> bool:

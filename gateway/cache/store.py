@@ -39,6 +39,8 @@ class Entry:
     age_at_store: float = 0.0
     #: Where a shared store keeps the body ("": the body is ``body``, in this worker).
     body_key: str = ""
+    #: ... in how many chunks.
+    chunks: int = 0
     #: The route's ``heuristic`` when it was stored (its freshness is recomputed with it).
     heuristic: bool = False
 
@@ -81,7 +83,10 @@ class Entry:
 
     @property
     def size(self) -> int:
-        return len(self.body) + sum(len(n) + len(v) + 4 for n, v in self.headers) + 256
+        """Bytes it holds: body, headers and the Vary values it is selected by (the key's
+        own bytes are counted by the store)."""
+        headers = sum(len(n) + len(v) + 4 for n, v in self.headers)
+        return len(self.body) + headers + sum(len(v or b"") for v in self.vary_values) + 256
 
     def keep_for(self) -> float:
         """Seconds a shared store keeps it: while fresh, then while it may be served stale
@@ -125,14 +130,18 @@ class MemoryStore:
                 break
         else:
             if variants and variants[0].vary != entry.vary:  # the upstream changed its Vary
-                self.size -= sum(old.size for old in variants)
+                self.size -= sum(old.size for old in variants) + _key_size(key)
                 variants.clear()
         variants.append(entry)
         self.size += entry.size
+        if len(variants) == 1:
+            self.size += _key_size(key)
+        while len(variants) > MAX_VARIANTS:  # a header with many values cannot crowd out the rest
+            self.size -= variants.pop(0).size
         self._entries.move_to_end(key)
         while self.size > self.max_size and self._entries:
-            _, evicted = self._entries.popitem(last=False)
-            self.size -= sum(old.size for old in evicted)
+            gone, evicted = self._entries.popitem(last=False)
+            self.size -= sum(old.size for old in evicted) + _key_size(gone)
         return key in self._entries
 
     # -- what the route cache awaits (the Redis store's interface, gateway/cache/redis_store.py)
@@ -165,7 +174,7 @@ class MemoryStore:
         variants = self._entries.pop(key, None)
         if not variants:
             return 0
-        self.size -= sum(entry.size for entry in variants)
+        self.size -= sum(entry.size for entry in variants) + _key_size(key)
         return len(variants)
 
     def purge(self, route: str | None = None, target: bytes | None = None) -> int:
@@ -177,6 +186,14 @@ class MemoryStore:
             if (route is None or key[0] == route) and (target is None or under(key[2], target))
         ]
         return sum(self.delete(key) for key in doomed)
+
+
+#: Variants kept per key; the oldest goes first.
+MAX_VARIANTS = 32
+
+
+def _key_size(key: Key) -> int:
+    return len(key[0]) + len(key[1]) + len(key[2]) + 64
 
 
 def under(stored: bytes, target: bytes) -> bool:

@@ -43,6 +43,19 @@ class Origin:
                     b"set-cookie: session=%d\r\n\r\n" % n
                 )
             extra = b'cache-control: max-age=0\r\netag: "c1"\r\n'
+        elif path == "/cond":  # RFC 9110 15.4.5: a 304 repeats the 200's Cache-Control
+            extra = b'cache-control: max-age=600\r\netag: "v1"\r\n'
+            if header(request, b"if-none-match") == b'"v1"':
+                return b"HTTP/1.1 304 Not Modified\r\n%s\r\n" % extra
+        elif path == "/precond":
+            if header(request, b"if-match") is not None:
+                return (
+                    b"HTTP/1.1 412 Precondition Failed\r\ncache-control: public, max-age=600\r\n"
+                    b"content-length: 6\r\n\r\nfailed"
+                )
+            extra = b"cache-control: max-age=600\r\n"
+        elif path == "/vary-xff":
+            extra = b"cache-control: max-age=600\r\nvary: x-forwarded-for\r\n"
         elif path == "/vary":
             extra = b"cache-control: max-age=60\r\nvary: accept-language\r\n"
             body += b" " + (header(request, b"accept-language") or b"-")
