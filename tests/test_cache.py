@@ -229,6 +229,21 @@ def test_a_response_varying_on_a_header_the_gateway_sets_is_not_stored(
     assert get("/vary-xff").text == "/vary-xff #2"
 
 
+async def test_a_fetch_that_began_before_an_invalidation_does_not_store_its_answer(
+    gateway: tuple[GatewayProcess, Admin], origin: tuple[Origin, ScriptedUpstream]
+) -> None:
+    """GET in flight, then a POST changes the resource: the GET's answer is from before the
+    change, and the next GET must not be served it from the store."""
+    behaviour = origin[0]
+    async with httpx.AsyncClient(base_url=gateway[0].url, timeout=30) as client:
+        before = asyncio.ensure_future(client.get("/fresh-race"))
+        await asyncio.to_thread(behaviour.race_started.wait, 15)  # the GET is at the origin
+        assert (await client.post("/fresh-race")).status_code == 200
+        behaviour.race_release.set()
+        assert (await before).text == "/fresh-race #1"
+        assert (await client.get("/fresh-race")).text == "/fresh-race #3"
+
+
 def test_a_key_keeps_a_bounded_number_of_variants_and_counts_its_bytes() -> None:
     store = MemoryStore(max_size=1 << 30)
     key = ("r", b"http://h", b"/v")

@@ -99,6 +99,8 @@ class RouteCache:
         self.settings = settings
         self.store = store
         self._flights: dict[Key, _Flight] = {}
+        #: When each recently invalidated key was (``time.time()``).
+        self._invalidated: dict[Key, float] = {}
         #: The request id header, which the gateway sets on every request it forwards.
         self.id_header = id_header
         self._refreshing: set[Key] = set()
@@ -398,7 +400,7 @@ class RouteCache:
 
         async def save(body: bytes | None) -> None:
             try:
-                if body is not None:
+                if body is not None and self._invalidated.get(key, 0.0) < sent_at:
                     entry = Entry.of(
                         status, headers, body, request, sent_at, received_at, heuristic=heuristic
                     )
@@ -502,6 +504,7 @@ class RouteCache:
         self, key: Key, ctx: RequestContext, headers: list[tuple[bytes, bytes]]
     ) -> None:
         route, origin, _ = key
+        self._gone(key)
         await self.store.remove(key)
         host = origin.partition(b"://")[2].partition(b" ")[0]
         for name in (b"location", b"content-location"):
@@ -510,7 +513,17 @@ class RouteCache:
                 continue
             target = _same_host_target(value, host)
             if target is not None:
+                self._gone((route, origin, target))
                 await self.store.remove((route, origin, target))
+
+    def _gone(self, key: Key) -> None:
+        """``key`` was invalidated now: a fetch of it that began before must not store what
+        it gets (the response from before the change; in this worker)."""
+        invalidated = self._invalidated
+        invalidated[key] = time.time()
+        if len(invalidated) > 4096:  # only in-flight fetches need them: keep the recent
+            for old in list(invalidated)[:2048]:
+                del invalidated[old]
 
 
 #: Flights whose tee lands them when its body ends (not when forward returns).

@@ -17,6 +17,8 @@ class Origin:
         self.seen: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.release = threading.Event()
+        self.race_started = threading.Event()
+        self.race_release = threading.Event()
 
     def __call__(self, request: bytes, conn: int, index: int) -> bytes | list[Step]:
         method, target, _ = request_line(request).decode().split(" ", 2)
@@ -94,6 +96,10 @@ class Origin:
             extra,
             body,
         )
+        if path == "/fresh-race" and method == "GET" and n == 1:
+            self.race_started.set()
+            return [self.race_release, response]  # answers once the test says so
         if path in ("/slow", "/slow-private"):
             return [0.3, response]  # long enough for the other misses to arrive
         return response
+

@@ -7,7 +7,8 @@ It runs its own event loop in a thread, so any test can use it.
 ``script(request, conn, index)`` is called for each complete request read from a
 connection (``request``: its raw bytes, head and body; ``conn``: the connection's number
 from 0; ``index``: the request's number on that connection) and returns what to do:
-``bytes`` to write, a list of ``bytes`` and ``float`` (write, or sleep that many seconds),
+``bytes`` to write, a list of ``bytes`` and ``float`` (write, or sleep that many seconds)
+and ``threading.Event`` (wait until the test sets it),
 or ``CLOSE`` / ``RESET`` items to end the connection.
 """
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 CLOSE = "close"
 RESET = "reset"
 
-Step = bytes | float | str
+Step = bytes | float | str | threading.Event
 Script = Callable[[bytes, int, int], bytes | list[Step]]
 
 
@@ -133,6 +134,8 @@ class ScriptedUpstream:
                 await writer.drain()
             elif isinstance(step, float | int):
                 await asyncio.sleep(step)
+            elif isinstance(step, threading.Event):  # until the test sets it
+                await asyncio.to_thread(step.wait, 30)
             elif step == CLOSE:
                 writer.close()
                 return True
